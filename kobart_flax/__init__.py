@@ -1,0 +1,1 @@
+"""Fine-tuning KoBART for Korean news summarization in JAX/Flax."""
