@@ -1,0 +1,517 @@
+"""BART as KoBART uses it, written in Flax linen.
+
+The parameter tree mirrors transformers 4.x ``FlaxBartForConditionalGeneration``
+exactly (``model/shared/embedding``, ``model/encoder/layers/0/self_attn/q_proj/kernel``,
+``final_logits_bias``, ...), so ``flax_model.msgpack`` files from the hub load unchanged
+and the PyTorch name table in ``hf_io`` is a plain rename + transpose.
+
+Linen rather than nnx: the HF tree is a linen variable dict, the decoder KV cache is a
+linen ``cache`` collection that generation code threads through ``apply``, and the
+train state stays a pytree of plain arrays that ``jax.jit`` shardings and Orbax handle
+directly.
+
+Masks are boolean ``[batch, 1, q_len, kv_len]`` arrays (True = may attend). Packed rows
+are supported through per-token segment ids: tokens only see tokens of their own
+segment, and positions restart at every segment start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# BART's learned positions reserve the first two rows (a fairseq left-over), so
+# position p reads row p + 2.
+POSITION_OFFSET = 2
+LAYER_NORM_EPS = 1e-5
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BartSpec:
+    """The architecture fields of a transformers ``BartConfig`` that the module needs.
+
+    A frozen dataclass (hashable, no transformers import) so the module can be rebuilt
+    from a checkpoint's metadata and used as a static jit argument.
+    """
+
+    vocab_size: int
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    encoder_attention_heads: int
+    decoder_attention_heads: int
+    encoder_ffn_dim: int
+    decoder_ffn_dim: int
+    max_position_embeddings: int
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "gelu"
+    scale_embedding: bool = False
+    init_std: float = 0.02
+
+    @classmethod
+    def from_hf_config(cls, config) -> BartSpec:
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 at the first token of every segment.
+
+    [batch, length] int --> [batch, length] int. Padding (segment 0) gets positions too;
+    they are never attended to, so their values do not matter.
+    """
+    length = segment_ids.shape[-1]
+    index = jnp.broadcast_to(jnp.arange(length), segment_ids.shape)
+    is_start = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
+    segment_start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=1)
+    return index - segment_start
+
+
+def attention_mask_2d(
+    query_segments: jax.Array | None,
+    key_segments: jax.Array | None,
+    key_padding: jax.Array | None,
+    causal: bool,
+    query_length: int,
+    key_length: int,
+) -> jax.Array:
+    """Combine key padding, segment and causal constraints into one boolean mask.
+
+    Returns [batch or 1, 1, query_length, key_length] (True = may attend).
+    """
+    mask = jnp.ones((1, 1, query_length, key_length), bool)
+    if key_padding is not None:
+        mask = mask & key_padding.astype(bool)[:, None, None, :]
+    if query_segments is not None and key_segments is not None:
+        mask = mask & (query_segments[:, None, :, None] == key_segments[:, None, None, :])
+    if causal:
+        mask = mask & (jnp.arange(query_length)[:, None] >= jnp.arange(key_length)[None, :])
+    return mask
+
+
+class BartAttention(nn.Module):
+    embed_dim: int
+    num_heads: int
+    dropout: float
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        hidden_states: jax.Array,
+        key_value_states: jax.Array | None = None,
+        mask: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        head_dim = self.embed_dim // self.num_heads
+
+        def projection(name: str) -> nn.Dense:
+            return nn.Dense(
+                self.embed_dim,
+                dtype=self.dtype,
+                kernel_init=nn.initializers.normal(self.init_std),
+                name=name,
+            )
+
+        def split_heads(x: jax.Array) -> jax.Array:
+            # [batch, length, embed] --> [batch, length, heads, head_dim]
+            return x.reshape(x.shape[:2] + (self.num_heads, head_dim))
+
+        kv_source = hidden_states if key_value_states is None else key_value_states
+        query = split_heads(projection("q_proj")(hidden_states))
+        key = split_heads(projection("k_proj")(kv_source))
+        value = split_heads(projection("v_proj")(kv_source))
+
+        if decode:
+            key, value, mask = self._extend_cache(key, value, mask)
+
+        # Softmax in float32: bfloat16 logits over long inputs lose the small weights.
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+        scores = scores.astype(jnp.float32)
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        # [batch, length, heads, head_dim] --> [batch, length, embed]
+        attended = attended.reshape(attended.shape[:2] + (self.embed_dim,))
+        return projection("out_proj")(attended)
+
+    def _extend_cache(
+        self, key: jax.Array, value: jax.Array, mask: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Write this step's keys/values into the cache; attend to everything written so far.
+
+        The cache is created by ``init`` with a full-length dummy input, which fixes its
+        length. ``mask`` (if given) is a key padding mask over that full length.
+        """
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not is_initialized:
+            return key, value, mask
+
+        step_length = key.shape[1]
+        max_length = cached_key.value.shape[1]
+        start = cache_index.value
+        full_key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
+        full_value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
+        cached_key.value = full_key
+        cached_value.value = full_value
+        cache_index.value = start + step_length
+
+        query_positions = start + jnp.arange(step_length)
+        causal = query_positions[:, None] >= jnp.arange(max_length)[None, :]
+        step_mask = causal[None, None, :, :]
+        if mask is not None:
+            step_mask = step_mask & mask
+        return full_key, full_value, step_mask
+
+
+class BartEncoderLayer(nn.Module):
+    spec: BartSpec
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+        spec = self.spec
+        attention = BartAttention(
+            spec.d_model,
+            spec.encoder_attention_heads,
+            spec.attention_dropout,
+            spec.init_std,
+            self.dtype,
+            name="self_attn",
+        )
+        attended = attention(hidden_states, mask=mask, deterministic=deterministic)
+        hidden_states = add_and_norm(
+            spec, self.dtype, hidden_states, attended, "self_attn_layer_norm", deterministic
+        )
+        return feed_forward(spec, spec.encoder_ffn_dim, self.dtype, hidden_states, deterministic)
+
+
+class BartDecoderLayer(nn.Module):
+    spec: BartSpec
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        hidden_states: jax.Array,
+        encoder_hidden_states: jax.Array,
+        self_mask: jax.Array | None,
+        cross_mask: jax.Array | None,
+        deterministic: bool,
+        decode: bool,
+    ) -> jax.Array:
+        spec = self.spec
+
+        def attention(name: str) -> BartAttention:
+            return BartAttention(
+                spec.d_model,
+                spec.decoder_attention_heads,
+                spec.attention_dropout,
+                spec.init_std,
+                self.dtype,
+                name=name,
+            )
+
+        attended = attention("self_attn")(
+            hidden_states, mask=self_mask, deterministic=deterministic, decode=decode
+        )
+        hidden_states = add_and_norm(
+            spec, self.dtype, hidden_states, attended, "self_attn_layer_norm", deterministic
+        )
+        attended = attention("encoder_attn")(
+            hidden_states, encoder_hidden_states, mask=cross_mask, deterministic=deterministic
+        )
+        hidden_states = add_and_norm(
+            spec, self.dtype, hidden_states, attended, "encoder_attn_layer_norm", deterministic
+        )
+        return feed_forward(spec, spec.decoder_ffn_dim, self.dtype, hidden_states, deterministic)
+
+
+# The two helpers below run inside a layer's compact ``__call__``, so the modules they
+# create (fc1, fc2, the LayerNorms) belong to that layer, as in transformers' tree.
+
+
+def add_and_norm(
+    spec: BartSpec,
+    dtype: jnp.dtype,
+    residual: jax.Array,
+    update: jax.Array,
+    norm_name: str,
+    deterministic: bool,
+) -> jax.Array:
+    """Dropout on the sub-layer output, residual add, then LayerNorm (BART is post-LN)."""
+    update = nn.Dropout(spec.dropout)(update, deterministic=deterministic)
+    return layer_norm(norm_name, dtype)(residual + update)
+
+
+def feed_forward(
+    spec: BartSpec, ffn_dim: int, dtype: jnp.dtype, hidden_states: jax.Array, deterministic: bool
+) -> jax.Array:
+    dense_init = nn.initializers.normal(spec.init_std)
+    update = nn.Dense(ffn_dim, dtype, kernel_init=dense_init, name="fc1")(hidden_states)
+    update = ACTIVATIONS[spec.activation_function](update)
+    update = nn.Dropout(spec.activation_dropout)(update, deterministic=deterministic)
+    update = nn.Dense(spec.d_model, dtype, kernel_init=dense_init, name="fc2")(update)
+    return add_and_norm(spec, dtype, hidden_states, update, "final_layer_norm", deterministic)
+
+
+def layer_norm(name: str, dtype: jnp.dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name)
+
+
+class LayerStack(nn.Module):
+    """Holds layers under the names "0", "1", ... exactly as transformers' Flax BART."""
+
+    layer_class: type[nn.Module]
+    num_layers: int
+    spec: BartSpec
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array, *args) -> jax.Array:
+        for index in range(self.num_layers):
+            hidden_states = self.layer_class(self.spec, self.dtype, name=str(index))(
+                hidden_states, *args
+            )
+        return hidden_states
+
+
+class BartEncoder(nn.Module):
+    spec: BartSpec
+    embed_tokens: nn.Embed
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        spec = self.spec
+        if position_ids is None:
+            position_ids = (
+                positions_from_segments(segment_ids)
+                if segment_ids is not None
+                else jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+            )
+        hidden_states = embed(spec, self.embed_tokens, input_ids, position_ids, self.dtype)
+        hidden_states = layer_norm("layernorm_embedding", self.dtype)(hidden_states)
+        hidden_states = nn.Dropout(spec.dropout)(hidden_states, deterministic=deterministic)
+
+        length = input_ids.shape[1]
+        mask = attention_mask_2d(
+            segment_ids,
+            segment_ids,
+            attention_mask,
+            causal=False,
+            query_length=length,
+            key_length=length,
+        )
+        return LayerStack(BartEncoderLayer, spec.encoder_layers, spec, self.dtype, name="layers")(
+            hidden_states, mask, deterministic
+        )
+
+
+class BartDecoder(nn.Module):
+    spec: BartSpec
+    embed_tokens: nn.Embed
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        decoder_input_ids: jax.Array,
+        encoder_hidden_states: jax.Array,
+        encoder_attention_mask: jax.Array,
+        decoder_attention_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        encoder_segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        spec = self.spec
+        query_length = decoder_input_ids.shape[1]
+        if position_ids is None:
+            if decode:
+                raise ValueError("decode=True needs explicit decoder position_ids")
+            position_ids = (
+                positions_from_segments(segment_ids)
+                if segment_ids is not None
+                else jnp.broadcast_to(jnp.arange(query_length), decoder_input_ids.shape)
+            )
+        hidden_states = embed(spec, self.embed_tokens, decoder_input_ids, position_ids, self.dtype)
+        hidden_states = layer_norm("layernorm_embedding", self.dtype)(hidden_states)
+        hidden_states = nn.Dropout(spec.dropout)(hidden_states, deterministic=deterministic)
+
+        if decode:
+            # The attention module adds the causal part against its cache; here only the
+            # key padding over the full cache length, if the caller tracks one.
+            self_mask = (
+                None
+                if decoder_attention_mask is None
+                else decoder_attention_mask.astype(bool)[:, None, None, :]
+            )
+        else:
+            self_mask = attention_mask_2d(
+                segment_ids,
+                segment_ids,
+                decoder_attention_mask,
+                causal=True,
+                query_length=query_length,
+                key_length=query_length,
+            )
+        cross_mask = attention_mask_2d(
+            segment_ids,
+            encoder_segment_ids,
+            encoder_attention_mask,
+            causal=False,
+            query_length=query_length,
+            key_length=encoder_hidden_states.shape[1],
+        )
+        return LayerStack(BartDecoderLayer, spec.decoder_layers, spec, self.dtype, name="layers")(
+            hidden_states, encoder_hidden_states, self_mask, cross_mask, deterministic, decode
+        )
+
+
+def embed(
+    spec: BartSpec,
+    embed_tokens: nn.Embed,
+    token_ids: jax.Array,
+    position_ids: jax.Array,
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """Token embedding (optionally scaled) plus learned positions with BART's offset."""
+    positions = nn.Embed(
+        spec.max_position_embeddings + POSITION_OFFSET,
+        spec.d_model,
+        embedding_init=nn.initializers.normal(spec.init_std),
+        dtype=dtype,
+        name="embed_positions",
+    )
+    scale = jnp.sqrt(spec.d_model).astype(dtype) if spec.scale_embedding else 1.0
+    return embed_tokens(token_ids) * scale + positions(position_ids + POSITION_OFFSET)
+
+
+class BartModule(nn.Module):
+    spec: BartSpec
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.shared = nn.Embed(
+            self.spec.vocab_size,
+            self.spec.d_model,
+            embedding_init=nn.initializers.normal(self.spec.init_std),
+            dtype=self.dtype,
+        )
+        self.encoder = BartEncoder(self.spec, self.shared, self.dtype)
+        self.decoder = BartDecoder(self.spec, self.shared, self.dtype)
+
+
+class BartForConditionalGenerationModule(nn.Module):
+    """BART encoder-decoder with the LM head tied to the shared token embedding.
+
+    Call it with ``method=`` ``__call__`` (training), ``encode`` or ``decode`` (generation).
+    """
+
+    spec: BartSpec
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.model = BartModule(self.spec, self.dtype)
+        self.final_logits_bias = self.param(
+            "final_logits_bias", nn.initializers.zeros, (1, self.spec.vocab_size)
+        )
+
+    def encode(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """[batch, source_len] ids --> [batch, source_len, d_model] hidden states."""
+        return self.model.encoder(
+            input_ids, attention_mask, segment_ids, position_ids, deterministic
+        )
+
+    def decode(
+        self,
+        decoder_input_ids: jax.Array,
+        encoder_hidden_states: jax.Array,
+        encoder_attention_mask: jax.Array,
+        decoder_attention_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        encoder_segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        """[batch, target_len] ids --> [batch, target_len, vocab] logits."""
+        hidden_states = self.model.decoder(
+            decoder_input_ids,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            decoder_attention_mask,
+            segment_ids,
+            encoder_segment_ids,
+            position_ids,
+            deterministic,
+            decode,
+        )
+        logits = self.model.shared.attend(hidden_states)
+        return logits + self.final_logits_bias.astype(self.dtype)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        decoder_input_ids: jax.Array,
+        decoder_attention_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        decoder_segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        decoder_position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        encoder_hidden_states = self.encode(
+            input_ids, attention_mask, segment_ids, position_ids, deterministic
+        )
+        return self.decode(
+            decoder_input_ids,
+            encoder_hidden_states,
+            attention_mask,
+            decoder_attention_mask,
+            decoder_segment_ids,
+            segment_ids,
+            decoder_position_ids,
+            deterministic,
+        )

@@ -1,0 +1,150 @@
+"""``FlaxBartForConditionalGeneration``: the transformers 4.x Flax API, owned by this project.
+
+transformers 5 dropped its Flax classes; this wrapper keeps the calls their users know
+(``from_pretrained``, ``model(...).logits``, ``model.params``, ``model.config``) on top of
+:class:`~kobart_flax.modeling.BartForConditionalGenerationModule`, which training code
+uses directly for jit and sharding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from transformers import BartConfig
+
+from kobart_flax import hf_io
+from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Seq2SeqLMOutput:
+    logits: jax.Array  # [batch, target_len, vocab]
+
+
+def shift_tokens_right(
+    token_ids: jax.Array, pad_token_id: int, decoder_start_token_id: int
+) -> jax.Array:
+    """[batch, length] --> [batch, length]: prepend the start token, drop the last token."""
+    shifted = jnp.concatenate(
+        [jnp.full_like(token_ids[:, :1], decoder_start_token_id), token_ids[:, :-1]], axis=1
+    )
+    # Labels may mark ignored positions with -100 (the PyTorch convention).
+    return jnp.where(shifted == -100, pad_token_id, shifted)
+
+
+class FlaxBartForConditionalGeneration:
+    """BART for summarization in Flax, with the parameter tree of transformers 4.x."""
+
+    def __init__(
+        self,
+        config: BartConfig,
+        dtype: jnp.dtype = jnp.float32,
+        params: dict | None = None,
+        seed: int = 0,
+    ):
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        self.module = BartForConditionalGenerationModule(
+            BartSpec.from_hf_config(config), self.dtype
+        )
+        self.params = (
+            params if params is not None else init_params(self.module, jax.random.key(seed))
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: jnp.dtype = jnp.float32,
+        revision: str | None = None,
+    ) -> FlaxBartForConditionalGeneration:
+        """Load a Hugging Face BART checkpoint from a local directory or the hub.
+
+        Reads ``model.safetensors``, ``flax_model.msgpack`` or ``pytorch_model.bin``
+        (in that order of preference). ``dtype`` is the compute dtype; parameters stay
+        float32.
+        """
+        config = BartConfig.from_pretrained(name_or_path, revision=revision)
+        module = BartForConditionalGenerationModule(
+            BartSpec.from_hf_config(config), jnp.dtype(dtype)
+        )
+        weights_file = resolve_weights_file(str(name_or_path), revision)
+        logger.info("loading %s", weights_file)
+        state_dict = hf_io.read_state_dict(weights_file)
+        # The tree's shapes come from eval_shape: no throwaway random init of 124M params.
+        target = jax.eval_shape(functools.partial(init_params, module), jax.random.key(0))
+        try:
+            params = hf_io.state_dict_to_flax(state_dict, target)
+        except hf_io.WeightLoadError as error:
+            raise hf_io.WeightLoadError(f"{weights_file}: {error}") from None
+        return cls(config, dtype, params=params)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        decoder_input_ids: jax.Array | None = None,
+        decoder_attention_mask: jax.Array | None = None,
+        params: dict | None = None,
+        train: bool = False,
+        dropout_rng: jax.Array | None = None,
+    ) -> Seq2SeqLMOutput:
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if decoder_input_ids is None:
+            decoder_input_ids = shift_tokens_right(
+                input_ids, self.config.pad_token_id, self.config.decoder_start_token_id
+            )
+        if train and dropout_rng is None:
+            raise ValueError("train=True needs a dropout_rng")
+        rngs = {"dropout": dropout_rng} if train else {}
+        logits = self.module.apply(
+            {"params": self.params if params is None else params},
+            input_ids,
+            jnp.asarray(attention_mask),
+            jnp.asarray(decoder_input_ids, jnp.int32),
+            None if decoder_attention_mask is None else jnp.asarray(decoder_attention_mask),
+            deterministic=not train,
+            rngs=rngs,
+        )
+        return Seq2SeqLMOutput(logits=logits)
+
+
+def init_params(module: BartForConditionalGenerationModule, rng: jax.Array) -> dict:
+    """Random parameters (transformers' init: normal(init_std), zero biases)."""
+    dummy = jnp.zeros((1, 2), jnp.int32)
+    return module.init(rng, dummy, jnp.ones_like(dummy), dummy)["params"]
+
+
+def resolve_weights_file(name_or_path: str, revision: str | None) -> Path:
+    """Find the weights of a local directory, or download them from the hub."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        for filename in hf_io.WEIGHT_FILES:
+            if (local / filename).is_file():
+                return local / filename
+        raise FileNotFoundError(
+            f"{local}: no weights file; expected one of {', '.join(hf_io.WEIGHT_FILES)}"
+        )
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for filename in hf_io.WEIGHT_FILES:
+        try:
+            return Path(hf_hub_download(name_or_path, filename, revision=revision))
+        except EntryNotFoundError:
+            continue
+    raise FileNotFoundError(
+        f"hub repository {name_or_path}: no weights file; expected one of "
+        f"{', '.join(hf_io.WEIGHT_FILES)}"
+    )
