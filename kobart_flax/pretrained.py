@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from flax import serialization
 from transformers import BartConfig
 
 from kobart_flax import hf_io
@@ -86,6 +87,18 @@ class FlaxBartForConditionalGeneration:
         except hf_io.WeightLoadError as error:
             raise hf_io.WeightLoadError(f"{weights_file}: {error}") from None
         return cls(config, dtype, params=params)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``flax_model.msgpack``, loadable by ``from_pretrained``.
+
+        Needs the params on this host (device_get); sharded multi-host checkpoints are
+        Orbax's job.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        params = jax.device_get(self.params)
+        (directory / hf_io.FLAX_FILE).write_bytes(serialization.to_bytes(params))
 
     def __call__(
         self,

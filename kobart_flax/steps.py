@@ -1,0 +1,126 @@
+"""Train state, loss, and the pure ``train_step`` / ``eval_step`` functions.
+
+Both steps are plain functions of arrays; :mod:`kobart_flax.train` jits them with
+explicit shardings. Losses are summed over real (non-pad) target tokens and divided by
+the token count of the whole global batch, so the result does not depend on how the
+batch is split across devices, hosts or accumulation micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: dict
+    opt_state: optax.OptState
+    dropout_key: jax.Array  # base key; step k uses fold_in(dropout_key, k)
+
+
+def create_train_state(
+    params: dict, optimizer: optax.GradientTransformation, dropout_key: jax.Array
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        dropout_key=dropout_key,
+    )
+
+
+def token_losses(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-token cross entropy in float32. [batch, len, vocab], [batch, len] --> [batch, len]."""
+    logits = logits.astype(jnp.float32)
+    if label_smoothing == 0.0:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def summed_loss(
+    apply_fn: Callable,
+    params: dict,
+    batch: Batch,
+    label_smoothing: float,
+    dropout_key: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, number of real target tokens) for one (micro-)batch."""
+    train = dropout_key is not None
+    logits = apply_fn(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["decoder_input_ids"],
+        batch["decoder_attention_mask"],
+        deterministic=not train,
+        rngs={"dropout": dropout_key} if train else {},
+    )
+    weights = batch["decoder_attention_mask"].astype(jnp.float32)
+    losses = token_losses(logits, batch["labels"], label_smoothing)
+    return jnp.sum(losses * weights), jnp.sum(weights)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    apply_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum_steps: int,
+    label_smoothing: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step over a global batch, accumulated over micro-batches."""
+    step_key = jax.random.fold_in(state.dropout_key, state.step)
+
+    def micro_batch_grads(carry, micro):
+        index, micro_batch = micro
+        loss_sum_fn = lambda p: summed_loss(  # noqa: E731
+            apply_fn, p, micro_batch, label_smoothing, jax.random.fold_in(step_key, index)
+        )
+        (loss_sum, tokens), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(state.params)
+        grad_acc, loss_acc, token_acc = carry
+        grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
+        return (grad_acc, loss_acc + loss_sum, token_acc + tokens), None
+
+    # [batch, ...] --> [accum, batch / accum, ...]
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+        batch,
+    )
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, loss_sum, tokens), _ = jax.lax.scan(
+        micro_batch_grads,
+        (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
+        (jnp.arange(grad_accum_steps), micro_batches),
+    )
+    # Mean over every real token of the global batch, whatever the split.
+    token_count = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g: g / token_count, grad_sum)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss_sum / token_count,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "target_tokens": tokens,
+        "source_tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(params: dict, batch: Batch, *, apply_fn: Callable) -> dict[str, jax.Array]:
+    """Summed loss and token count; the caller divides after summing over batches."""
+    loss_sum, tokens = summed_loss(apply_fn, params, batch, 0.0, None)
+    return {"loss_sum": loss_sum, "tokens": tokens}
