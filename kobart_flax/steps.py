@@ -111,7 +111,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss_sum / token_count,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
         "target_tokens": tokens,
         "source_tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32),

@@ -1,0 +1,465 @@
+"""Run configuration: typed defaults, command-line overrides, validation.
+
+A config is a Python file with a `get_config()` that returns a `Config` (the big_vision
+convention), so a config can compute values (`16 * 32`) and carry comments. Any field can
+then be overridden on the command line as `section.field=value`.
+
+This module must not import jax: `validate` runs before any device is touched, and the
+tests for it should not pay for a jax import.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# KoBART's learned position table is offset by 2 (a fairseq legacy), so a table of
+# max_position_embeddings rows holds max_position_embeddings - 2 usable positions.
+POSITION_OFFSET = 2
+COMPUTE_DTYPES = ("float32", "bfloat16")
+BAD_ROW_POLICIES = ("error", "skip")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be parsed or would break the run; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    # HF hub name or local dir with HF BART weights; None = random init from the fields below.
+    pretrained: str | None = None
+    tokenizer: str = "data/sample/tokenizer"  # HF hub name or local dir
+    vocab_size: int = 4000  # used only when pretrained is None
+    d_model: int = 128
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_heads: int = 4
+    ffn_dim: int = 512
+    max_position_embeddings: int = 1026  # KoBART: 1024 usable positions + offset 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype: "float32" | "bfloat16"; params stay float32
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "data/sample/train.tsv"
+    eval_path: str = "data/sample/test.tsv"
+    max_source_length: int = 512
+    max_target_length: int = 128
+    # Sequences are padded up to the smallest bucket that fits, so jit compiles one
+    # program per bucket instead of one per length.
+    source_buckets: tuple[int, ...] = (64, 128, 256, 512)
+    target_buckets: tuple[int, ...] = (32, 64, 128)
+    bad_rows: str = "error"  # "error" | "skip"
+    prefetch: int = 2  # batches prepared ahead of the device; 0 = none
+
+
+@dataclass
+class TrainConfig:
+    workdir: str = "runs/tiny"
+    seed: int = 0
+    batch_size: int = 32  # GLOBAL batch (all devices, all hosts), per optimizer step
+    grad_accum_steps: int = 1  # batch_size is split into this many micro-batches
+    num_epochs: int = 3
+    max_steps: int = 0  # > 0 stops early at this step
+    learning_rate: float = 3e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    label_smoothing: float = 0.0
+    eval_every: int = 200  # steps; 0 = only at the end
+    eval_max_batches: int = 0  # 0 = whole eval set
+    log_every: int = 20
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _section_names() -> list[str]:
+    return [section.name for section in dataclasses.fields(Config)]
+
+
+def _field_types(section_class: type) -> dict[str, typing.Any]:
+    # get_type_hints resolves annotations even if a module turns them into strings.
+    return typing.get_type_hints(section_class)
+
+
+def _section_class(section_name: str) -> type:
+    return _field_types(Config)[section_name]
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str) -> Config:
+    """Imports the Python file at `path` and returns what its `get_config()` returns."""
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_kobart_config_{config_path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import config file {path} (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {path} must define get_config()")
+    config = get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(
+            f"get_config() in {path} returned {type(config).__name__}, expected "
+            "kobart_flax.config.Config"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line overrides
+
+
+def _did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
+    matches = difflib.get_close_matches(name, candidates, n=1)
+    return f"; did you mean {prefix + matches[0]!r}?" if matches else ""
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ValueError
+
+
+def parse_value(text: str, annotation: typing.Any, field_name: str) -> typing.Any:
+    """Turns the text of an override into a value of the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if text.strip().lower() in ("none", "null"):
+            return None
+        (inner,) = (arg for arg in args if arg is not type(None))
+        return parse_value(text, inner, field_name)
+
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            return tuple(args[0](item) for item in items)
+        except ValueError:
+            raise ConfigError(
+                f"{field_name}: expected comma-separated {args[0].__name__}s "
+                f"like '64,128,256', got {text!r}"
+            ) from None
+
+    parsers = {bool: _parse_bool, int: int, float: float, str: str}
+    if annotation not in parsers:
+        raise ConfigError(f"{field_name}: overriding fields of type {annotation} is not supported")
+    try:
+        return parsers[annotation](text)
+    except ValueError:
+        raise ConfigError(f"{field_name}: expected {annotation.__name__}, got {text!r}") from None
+
+
+def _split_override(override: str) -> tuple[str, str, str]:
+    """'train.batch_size=64' -> ('train', 'batch_size', '64'), with helpful errors."""
+    key, equals, value = override.partition("=")
+    key = key.strip()
+    if not equals:
+        raise ConfigError(
+            f"{key}: missing '=' in override {override!r}, expected section.field=value"
+        )
+    section_name, dot, field_name = key.partition(".")
+    if not dot:
+        # Someone wrote 'batch_size=64'; find the section that has this field.
+        owners = [
+            f"{name}.{key}"
+            for name in _section_names()
+            if key in _field_types(_section_class(name))
+        ]
+        hint = f"; did you mean {owners[0]!r}?" if owners else ""
+        raise ConfigError(f"override {override!r}: expected section.field=value{hint}")
+    if section_name not in _section_names():
+        raise ConfigError(
+            f"unknown config section {section_name!r} in override {override!r}"
+            + _did_you_mean(section_name, _section_names())
+        )
+    known_fields = list(_field_types(_section_class(section_name)))
+    if field_name not in known_fields:
+        raise ConfigError(
+            f"unknown config field {key!r}"
+            + _did_you_mean(field_name, known_fields, prefix=f"{section_name}.")
+        )
+    return section_name, field_name, value
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Returns a copy of `config` with each `section.field=value` override applied in order."""
+    for override in overrides:
+        section_name, field_name, text = _split_override(override)
+        section = getattr(config, section_name)
+        annotation = _field_types(type(section))[field_name]
+        value = parse_value(text, annotation, f"{section_name}.{field_name}")
+        # replace() builds new section objects, so the caller's config is never mutated.
+        config = dataclasses.replace(
+            config, **{section_name: dataclasses.replace(section, **{field_name: value})}
+        )
+    return config
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+def _has_type(value: typing.Any, annotation: typing.Any) -> bool:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_has_type(item, args[0]) for item in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        # An int is a fine float (learning_rate=1), but True is not a number here.
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _check_types(config: Config, problems: list[str]) -> None:
+    """Catches config files that compute a float where an int belongs (`512 / 2`)."""
+    for section_name in _section_names():
+        section = getattr(config, section_name)
+        for name, annotation in _field_types(type(section)).items():
+            value = getattr(section, name)
+            if not _has_type(value, annotation):
+                problems.append(
+                    f"{section_name}.{name}={value!r}: expected {_type_name(annotation)}"
+                )
+
+
+def _type_name(annotation: typing.Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def _check_buckets(
+    problems: list[str], name: str, buckets: tuple[int, ...], max_length: int, max_positions: int
+) -> None:
+    if not buckets:
+        problems.append(f"{name}: needs at least one bucket")
+        return
+    if any(b <= 0 for b in buckets):
+        problems.append(f"{name}={buckets}: bucket sizes must be positive")
+    if any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
+        problems.append(f"{name}={buckets}: buckets must be strictly increasing")
+    if buckets[-1] < max_length:
+        problems.append(
+            f"{name}={buckets}: largest bucket {buckets[-1]} is smaller than the max length "
+            f"{max_length}, so the longest sequences would fit no bucket"
+        )
+    if buckets[-1] > max_positions:
+        # Padding positions still index the position table, so a bucket past it crashes.
+        problems.append(
+            f"{name}={buckets}: largest bucket {buckets[-1]} exceeds the {max_positions} "
+            "positions of the model"
+        )
+
+
+def _check_model(model: ModelConfig, problems: list[str]) -> None:
+    for name in (
+        "vocab_size",
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "attention_heads",
+        "ffn_dim",
+    ):
+        if getattr(model, name) <= 0:
+            problems.append(f"model.{name}={getattr(model, name)}: must be positive")
+    if model.max_position_embeddings <= POSITION_OFFSET:
+        problems.append(
+            f"model.max_position_embeddings={model.max_position_embeddings}: must exceed the "
+            f"position offset {POSITION_OFFSET}"
+        )
+    for name in ("dropout", "attention_dropout"):
+        rate = getattr(model, name)
+        if not 0.0 <= rate < 1.0:
+            problems.append(f"model.{name}={rate}: must be in [0, 1)")
+    if model.dtype not in COMPUTE_DTYPES:
+        problems.append(f"model.dtype={model.dtype!r}: must be one of {COMPUTE_DTYPES}")
+    if model.attention_heads > 0 and model.d_model % model.attention_heads != 0:
+        problems.append(
+            f"model.d_model={model.d_model}: not divisible by "
+            f"model.attention_heads={model.attention_heads}"
+        )
+
+
+def _check_data(data: DataConfig, max_positions: int, problems: list[str]) -> None:
+    for name in ("max_source_length", "max_target_length"):
+        length = getattr(data, name)
+        if length <= 0:
+            problems.append(f"data.{name}={length}: must be positive")
+        elif length > max_positions:
+            problems.append(
+                f"data.{name}={length}: exceeds the {max_positions} usable positions "
+                f"(model.max_position_embeddings minus offset {POSITION_OFFSET})"
+            )
+    _check_buckets(
+        problems, "data.source_buckets", data.source_buckets, data.max_source_length, max_positions
+    )
+    _check_buckets(
+        problems, "data.target_buckets", data.target_buckets, data.max_target_length, max_positions
+    )
+    if data.bad_rows not in BAD_ROW_POLICIES:
+        problems.append(f"data.bad_rows={data.bad_rows!r}: must be one of {BAD_ROW_POLICIES}")
+    if data.prefetch < 0:
+        problems.append(f"data.prefetch={data.prefetch}: must be >= 0")
+
+
+def _check_train(
+    train: TrainConfig, device_count: int | None, process_count: int, problems: list[str]
+) -> None:
+    if not train.workdir:
+        problems.append("train.workdir: must not be empty")
+    for name in (
+        "batch_size",
+        "grad_accum_steps",
+        "num_epochs",
+        "learning_rate",
+        "max_grad_norm",
+        "log_every",
+    ):
+        if getattr(train, name) <= 0:
+            problems.append(f"train.{name}={getattr(train, name)}: must be positive")
+    for name in ("max_steps", "weight_decay", "eval_every", "eval_max_batches"):
+        if getattr(train, name) < 0:
+            problems.append(f"train.{name}={getattr(train, name)}: must be >= 0")
+    if not 0.0 <= train.warmup_ratio <= 1.0:
+        problems.append(f"train.warmup_ratio={train.warmup_ratio}: must be in [0, 1]")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        problems.append(f"train.label_smoothing={train.label_smoothing}: must be in [0, 1)")
+
+    if train.batch_size <= 0 or train.grad_accum_steps <= 0:
+        return  # the divisibility checks below are meaningless and already reported
+    if train.batch_size % train.grad_accum_steps != 0:
+        problems.append(
+            f"train.batch_size={train.batch_size}: not divisible by "
+            f"train.grad_accum_steps={train.grad_accum_steps}"
+        )
+        return
+    micro_batch = train.batch_size // train.grad_accum_steps
+    # Each micro-batch is sharded over every device along the batch axis.
+    if device_count is not None and micro_batch % device_count != 0:
+        problems.append(
+            f"train.batch_size={train.batch_size} with grad_accum_steps="
+            f"{train.grad_accum_steps} gives {micro_batch} examples per micro-batch, "
+            f"not divisible by {device_count} devices"
+        )
+    # Each host reads an equal slice of the global batch.
+    if train.batch_size % process_count != 0:
+        problems.append(
+            f"train.batch_size={train.batch_size}: not divisible by {process_count} processes"
+        )
+
+
+def validate(config: Config, device_count: int | None = None, process_count: int = 1) -> None:
+    """Raises ConfigError listing every field that would break the run.
+
+    Meant to run before anything is compiled, so a typo fails in a second, not after the
+    first XLA compile on a pod. Pass `device_count` (jax.device_count()) and
+    `process_count` (jax.process_count()) to also check that batches shard evenly.
+    """
+    if device_count is not None and device_count <= 0:
+        raise ValueError(f"device_count must be positive, got {device_count}")
+    if process_count <= 0:
+        raise ValueError(f"process_count must be positive, got {process_count}")
+    problems: list[str] = []
+    _check_types(config, problems)
+    # The range checks below would crash or mislead on values of the wrong type.
+    _raise_if_any(problems)
+    max_positions = config.model.max_position_embeddings - POSITION_OFFSET
+    _check_model(config.model, problems)
+    _check_data(config.data, max_positions, problems)
+    _check_train(config.train, device_count, process_count, problems)
+    _raise_if_any(problems)
+
+
+def _raise_if_any(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------
+# Serialisation (checkpoints, TensorBoard)
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, typing.Any]]:
+    """A JSON-serialisable dict; tuples become lists so json round trips are exact."""
+    return {
+        section_name: {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in dataclasses.asdict(getattr(config, section_name)).items()
+        }
+        for section_name in _section_names()
+    }
+
+
+def config_from_dict(config_dict: dict[str, dict[str, typing.Any]]) -> Config:
+    """Inverse of config_to_dict. Fields missing from the dict keep their defaults, so
+    configs saved before a field was added still load; unknown names are an error."""
+    unknown_sections = set(config_dict) - set(_section_names())
+    if unknown_sections:
+        raise ConfigError(f"unknown config sections: {sorted(unknown_sections)}")
+    sections = {}
+    for section_name, section_values in config_dict.items():
+        field_types = _field_types(_section_class(section_name))
+        unknown_fields = set(section_values) - set(field_types)
+        if unknown_fields:
+            raise ConfigError(
+                f"unknown config fields: {sorted(f'{section_name}.{f}' for f in unknown_fields)}"
+            )
+        values = {
+            name: tuple(value) if typing.get_origin(field_types[name]) is tuple else value
+            for name, value in section_values.items()
+        }
+        sections[section_name] = _section_class(section_name)(**values)
+    return Config(**sections)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """`--config PATH section.field=value ...` -> Config. Exits with a usage message on a
+    bad config or override, like any other command-line error."""
+    parser = argparse.ArgumentParser(
+        description="Load a config file and apply section.field=value overrides.",
+        epilog=(
+            "example:\n  %(prog)s --config configs/kobart_base.py "
+            "train.workdir=gs://my-bucket/run1 train.batch_size=256 data.source_buckets=128,256,512"
+        ),
+        # Keeps the example on one line, as it would be typed.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default="configs/tiny.py", help="Python file with get_config()")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.field=value", help="config overrides"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return apply_overrides(load_config(args.config), args.overrides)
+    except ConfigError as error:
+        parser.error(str(error))

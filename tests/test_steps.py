@@ -1,0 +1,173 @@
+"""train_step / eval_step: accumulation, masking, sharding, and the optimizer recipe."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from transformers import BartConfig
+
+from kobart_flax import optim, sharding, steps
+from kobart_flax.pretrained import FlaxBartForConditionalGeneration
+
+PAD = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = BartConfig(
+        vocab_size=50,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+        dropout=0.0,  # deterministic, so different batch splits must agree exactly
+        attention_dropout=0.0,
+        pad_token_id=PAD,
+        decoder_start_token_id=1,
+    )
+    return FlaxBartForConditionalGeneration(config, seed=0)
+
+
+def make_batch(batch_size=4, source_len=8, target_len=6, seed=0):
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(4, 50, (batch_size, source_len)).astype(np.int32)
+    attention_mask = np.ones_like(input_ids)
+    labels = rng.integers(4, 50, (batch_size, target_len)).astype(np.int32)
+    decoder_attention_mask = np.ones_like(labels)
+    # Different amounts of padding per row, so token-weighted means differ from row means.
+    for row in range(batch_size):
+        attention_mask[row, source_len - row :] = 0
+        input_ids[row, source_len - row :] = PAD
+        decoder_attention_mask[row, target_len - 2 * row % target_len :] = 0
+        labels[row, target_len - 2 * row % target_len :] = PAD
+    decoder_input_ids = np.concatenate([np.ones((batch_size, 1), np.int32), labels[:, :-1]], 1)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "decoder_attention_mask": decoder_attention_mask,
+        "labels": labels,
+    }
+
+
+def make_step(model, grad_accum_steps=1, label_smoothing=0.0):
+    schedule = optim.learning_rate_schedule(1e-3, total_steps=10, warmup_ratio=0.2)
+    optimizer = optim.make_optimizer(schedule, weight_decay=0.01, max_grad_norm=1.0)
+    state = steps.create_train_state(model.params, optimizer, jax.random.key(0))
+    step = functools.partial(
+        steps.train_step,
+        apply_fn=model.module.apply,
+        optimizer=optimizer,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
+        label_smoothing=label_smoothing,
+    )
+    return state, step
+
+
+def test_gradient_accumulation_equals_one_big_batch(model):
+    batch = make_batch()
+    state, step_once = make_step(model, grad_accum_steps=1)
+    _, step_accumulated = make_step(model, grad_accum_steps=2)
+    new_once, metrics_once = jax.jit(step_once)(state, batch)
+    new_accumulated, metrics_accumulated = jax.jit(step_accumulated)(state, batch)
+    np.testing.assert_allclose(metrics_once["loss"], metrics_accumulated["loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics_once["grad_norm"], metrics_accumulated["grad_norm"], rtol=1e-5
+    )
+    for a, b in zip(
+        jax.tree.leaves(new_once.params), jax.tree.leaves(new_accumulated.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(new_accumulated.step) == 1
+
+
+def test_loss_ignores_padding_positions(model):
+    batch = make_batch()
+    altered = {name: array.copy() for name, array in batch.items()}
+    padding = batch["decoder_attention_mask"] == 0
+    assert padding.any()
+    altered["labels"][padding] = 7
+    altered["decoder_input_ids"][:, 1:][padding[:, :-1]] = 9
+    state, step = make_step(model)
+    _, metrics = jax.jit(step)(state, batch)
+    _, metrics_altered = jax.jit(step)(state, altered)
+    np.testing.assert_allclose(metrics["loss"], metrics_altered["loss"], rtol=1e-6)
+    assert metrics["target_tokens"] == batch["decoder_attention_mask"].sum()
+
+
+def test_loss_is_token_weighted_cross_entropy(model):
+    batch = make_batch()
+    logits = model.module.apply({"params": model.params}, *[batch[k] for k in list(batch)[:4]])
+    log_probs = jax.nn.log_softmax(logits)
+    picked = np.take_along_axis(np.asarray(log_probs), batch["labels"][..., None], -1)[..., 0]
+    mask = batch["decoder_attention_mask"]
+    expected = -(picked * mask).sum() / mask.sum()
+    metrics = steps.eval_step(model.params, batch, apply_fn=model.module.apply)
+    np.testing.assert_allclose(metrics["loss_sum"] / metrics["tokens"], expected, rtol=1e-5)
+
+
+def test_label_smoothing_raises_the_loss_of_a_fitted_model(model):
+    batch = make_batch()
+    state, plain = make_step(model, label_smoothing=0.0)
+    _, smoothed = make_step(model, label_smoothing=0.1)
+    _, metrics_plain = jax.jit(plain)(state, batch)
+    _, metrics_smoothed = jax.jit(smoothed)(state, batch)
+    assert float(metrics_smoothed["loss"]) != pytest.approx(float(metrics_plain["loss"]))
+
+
+def test_train_step_is_the_same_on_one_and_two_devices(model):
+    assert jax.device_count() >= 2, "conftest.py sets up two simulated CPU devices"
+    batch = make_batch()
+    losses = []
+    for devices in (jax.devices()[:1], jax.devices()[:2]):
+        mesh = sharding.make_data_mesh(devices)
+        state, step = make_step(model)
+        state_sharding = jax.tree.map(lambda _, m=mesh: sharding.replicated(m), state)
+        state = jax.device_put(state, state_sharding)
+        jitted = jax.jit(
+            step,
+            in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+            out_shardings=(state_sharding, sharding.replicated(mesh)),
+        )
+        global_batch = sharding.global_batch(batch, mesh)
+        assert len(global_batch["input_ids"].sharding.device_set) == len(devices)
+        for _ in range(3):
+            state, metrics = jitted(state, global_batch)
+            losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses[:3], losses[3:], rtol=1e-5)
+
+
+def test_weight_decay_skips_biases_and_layer_norms(model):
+    mask = optim.weight_decay_mask(model.params)
+    encoder_layer = mask["model"]["encoder"]["layers"]["0"]
+    assert encoder_layer["fc1"]["kernel"] is True
+    assert encoder_layer["fc1"]["bias"] is False
+    assert encoder_layer["self_attn_layer_norm"]["scale"] is False
+    assert mask["model"]["shared"]["embedding"] is True
+    assert mask["final_logits_bias"] is False
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero():
+    schedule = optim.learning_rate_schedule(1.0, total_steps=100, warmup_ratio=0.1)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(55)) == pytest.approx(0.5)
+    assert float(schedule(100)) == pytest.approx(0.0)
+
+
+def test_clipping_bounds_the_gradient_seen_by_adam():
+    params = {"w": jnp.ones(3)}
+    optimizer = optim.make_optimizer(lambda _: 1.0, weight_decay=0.0, max_grad_norm=1.0)
+    state = optimizer.init(params)
+    _, state = optimizer.update({"w": jnp.array([30.0, 40.0, 0.0])}, state, params)
+    # Adam's first moment after one step is (1 - b1) * clipped gradient.
+    adam_state = state[1][0]
+    np.testing.assert_allclose(adam_state.mu["w"], 0.1 * np.array([0.6, 0.8, 0.0]), rtol=1e-6)
