@@ -84,9 +84,11 @@ def train_step(
 
     def micro_batch_grads(carry, micro):
         index, micro_batch = micro
-        loss_sum_fn = lambda p: summed_loss(  # noqa: E731
-            apply_fn, p, micro_batch, label_smoothing, jax.random.fold_in(step_key, index)
-        )
+        micro_key = jax.random.fold_in(step_key, index)
+
+        def loss_sum_fn(params):
+            return summed_loss(apply_fn, params, micro_batch, label_smoothing, micro_key)
+
         (loss_sum, tokens), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(state.params)
         grad_acc, loss_acc, token_acc = carry
         grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
