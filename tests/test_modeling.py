@@ -192,9 +192,7 @@ def test_decoder_kv_cache_matches_full_forward(saved_dir):
     decoder_input_ids[0, 4:] = 9  # no padding: every step is real
     full = module.apply({"params": params}, input_ids, attention_mask, decoder_input_ids)
 
-    encoded = module.apply(
-        {"params": params}, input_ids, attention_mask, method=module.encode
-    )
+    encoded = module.apply({"params": params}, input_ids, attention_mask, method=module.encode)
     batch, length = decoder_input_ids.shape
     cache = module.init(
         jax.random.key(0),
