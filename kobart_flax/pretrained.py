@@ -17,12 +17,35 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import serialization
-from transformers import BartConfig
+from transformers import BartConfig, GenerationConfig
 
 from kobart_flax import hf_io
+from kobart_flax.generation import GenerationSettings, generate_jit
 from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
 
 logger = logging.getLogger(__name__)
+
+
+# transformers' GenerationConfig defaults for the fields our search implements; token ids
+# fall back to the model config's.
+GENERATION_DEFAULTS = {
+    "max_length": 20,
+    "min_length": 0,
+    "num_beams": 1,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "early_stopping": False,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "decoder_start_token_id": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    sequences: jax.Array  # [batch, max_length]: start token, summary, </s>, padding
 
 
 @dataclasses.dataclass
@@ -59,6 +82,7 @@ class FlaxBartForConditionalGeneration:
         self.params = (
             params if params is not None else init_params(self.module, jax.random.key(seed))
         )
+        self.generation_config = GenerationConfig.from_model_config(config)
 
     @classmethod
     def from_pretrained(
@@ -86,7 +110,68 @@ class FlaxBartForConditionalGeneration:
             params = hf_io.state_dict_to_flax(state_dict, target)
         except hf_io.WeightLoadError as error:
             raise hf_io.WeightLoadError(f"{weights_file}: {error}") from None
-        return cls(config, dtype, params=params)
+        model = cls(config, dtype, params=params)
+        model.generation_config = load_generation_config(name_or_path, config, revision)
+        return model
+
+    def generation_settings(self, **overrides) -> GenerationSettings:
+        """Settings from ``self.generation_config`` (transformers' defaults) and overrides.
+
+        ``max_new_tokens`` (if given) wins over ``max_length``, as in transformers.
+        """
+        values = {name: getattr(self.generation_config, name, None) for name in GENERATION_DEFAULTS}
+        # Unset fields take transformers' global defaults, as its generate() does.
+        values = {
+            name: GENERATION_DEFAULTS[name] if value is None else value
+            for name, value in values.items()
+        }
+        max_new_tokens = overrides.pop("max_new_tokens", None)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        if max_new_tokens is not None:
+            values["max_length"] = 1 + max_new_tokens  # the start token is the prompt
+        for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
+            if values[name] is None:
+                values[name] = getattr(self.config, name)
+        if isinstance(values["eos_token_id"], list):
+            if len(values["eos_token_id"]) != 1:
+                raise ValueError(f"one eos token is supported, got {values['eos_token_id']}")
+            values["eos_token_id"] = values["eos_token_id"][0]
+        return GenerationSettings(**values)
+
+    def generate(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        max_length: int | None = None,
+        max_new_tokens: int | None = None,
+        min_length: int | None = None,
+        num_beams: int | None = None,
+        length_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        early_stopping: bool | str | None = None,
+        params: dict | None = None,
+    ) -> GenerateOutput:
+        """Greedy (num_beams=1) or beam search; tokens equal transformers' ``generate``."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+        settings = self.generation_settings(
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            min_length=min_length,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            early_stopping=early_stopping,
+        )
+        sequences = generate_jit(
+            self.module,
+            self.params if params is None else params,
+            input_ids,
+            jnp.asarray(attention_mask, jnp.int32),
+            settings,
+        )
+        return GenerateOutput(sequences=sequences)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``flax_model.msgpack``, loadable by ``from_pretrained``.
@@ -130,6 +215,16 @@ class FlaxBartForConditionalGeneration:
             rngs=rngs,
         )
         return Seq2SeqLMOutput(logits=logits)
+
+
+def load_generation_config(
+    name_or_path: str | os.PathLike, config: BartConfig, revision: str | None
+) -> GenerationConfig:
+    """The checkpoint's ``generation_config.json`` if it has one, else the model config's."""
+    try:
+        return GenerationConfig.from_pretrained(name_or_path, revision=revision)
+    except OSError:
+        return GenerationConfig.from_model_config(config)
 
 
 def init_params(module: BartForConditionalGenerationModule, rng: jax.Array) -> dict:
