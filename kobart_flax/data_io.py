@@ -46,13 +46,17 @@ class Example:
     origin: str  # "path:line", carried along so later stages can name the row in errors
 
 
-def read_examples(path: str, bad_rows: str = "error") -> list[Example]:
-    """Reads every example of a ``.tsv`` or ``.jsonl`` file.
+def read_examples(
+    path: str, bad_rows: str = "error", require_summary: bool = True
+) -> list[Example]:
+    """Reads every example of a ``.tsv`` or ``.jsonl`` file (or ``.txt``, articles only).
 
     Args:
       path: local path or ``gs://`` URL.
       bad_rows: ``"error"`` raises ``DataError`` at the first bad row; ``"skip"`` drops bad rows
         and logs one warning with their count and the first few messages.
+      require_summary: False for inputs to summarize: the ``summary`` column/field may then be
+        absent (``Example.summary`` is ``""``), and ``.txt`` files hold one article per line.
 
     A file without any good example is an error under both policies: training on nothing is
     never what the caller meant.
@@ -62,11 +66,14 @@ def read_examples(path: str, bad_rows: str = "error") -> list[Example]:
     file = epath.Path(path)
     suffix = file.suffix.lower()
     if suffix == ".tsv":
-        rows = _parse_tsv(path, file.read_bytes())
+        rows = _parse_tsv(path, file.read_bytes(), require_summary)
     elif suffix == ".jsonl":
-        rows = _parse_jsonl(path, file.read_bytes())
+        rows = _parse_jsonl(path, file.read_bytes(), require_summary)
+    elif suffix == ".txt" and not require_summary:
+        rows = _parse_txt(path, file.read_bytes())
     else:
-        raise ValueError(f"{path}: unsupported suffix {file.suffix!r}; use .tsv or .jsonl")
+        formats = ".tsv or .jsonl" if require_summary else ".tsv, .jsonl or .txt"
+        raise ValueError(f"{path}: unsupported suffix {file.suffix!r}; use {formats}")
     return _apply_bad_row_policy(path, rows, bad_rows)
 
 
@@ -113,10 +120,19 @@ def _apply_bad_row_policy(
     return examples
 
 
-def _make_example(news: str, summary: str, origin: str) -> Example | DataError:
-    """Strips both fields and refuses empty ones, so no row silently becomes an empty example."""
-    news, summary = news.strip(), summary.strip()
-    for name, value in (("news", news), ("summary", summary)):
+def _make_example(news: str, summary: str | None, origin: str) -> Example | DataError:
+    """Strips both fields and refuses empty ones, so no row silently becomes an empty example.
+
+    ``summary=None`` means the input has no summaries at all (articles to summarize).
+    """
+    news = news.strip()
+    if summary is None:
+        fields = (("news", news),)
+        summary = ""
+    else:
+        summary = summary.strip()
+        fields = (("news", news), ("summary", summary))
+    for name, value in fields:
         if not value:
             return DataError(f"{origin}: empty {name!r}")
         if _ANY_SURROGATE.search(value):
@@ -126,7 +142,7 @@ def _make_example(news: str, summary: str, origin: str) -> Example | DataError:
     return Example(news=news, summary=summary, origin=origin)
 
 
-def _parse_tsv(path: str, data: bytes) -> Iterator[Example | DataError]:
+def _parse_tsv(path: str, data: bytes, require_summary: bool) -> Iterator[Example | DataError]:
     # Decoding with surrogateescape keeps going past invalid UTF-8: each bad byte becomes a lone
     # surrogate that no valid text contains, so the row holding it can be reported (or skipped)
     # by line while the rest of the file still parses.
@@ -137,8 +153,8 @@ def _parse_tsv(path: str, data: bytes) -> Iterator[Example | DataError]:
     # newline="" hands line ends to csv untouched, as its docs require for quoted newlines.
     lines = io.StringIO(text, newline="").readlines()
     reader = csv.reader(lines, delimiter="\t")
-    header = _read_tsv_header(path, reader)
-    order = [header.index(column) for column in COLUMNS]
+    header = _read_tsv_header(path, reader, require_summary)
+    order = [header.index(column) for column in COLUMNS if column in header]
     while True:
         first_line = reader.line_num + 1
         try:
@@ -153,12 +169,12 @@ def _parse_tsv(path: str, data: bytes) -> Iterator[Example | DataError]:
         yield _tsv_row(path, fields, order, lines, first_line, reader.line_num)
 
 
-def _read_tsv_header(path: str, reader: Iterator[list[str]]) -> list[str]:
+def _read_tsv_header(path: str, reader: Iterator[list[str]], require_summary: bool) -> list[str]:
     try:
         header = [name.strip() for name in next(reader)]
     except StopIteration:
         raise DataError(f"{path}:1: empty file; expected a header row 'news<TAB>summary'") from None
-    if sorted(header) == sorted(COLUMNS):
+    if sorted(header) == sorted(COLUMNS) or (not require_summary and header == ["news"]):
         return header
     hint = ""
     if set(COLUMNS) <= set(header):
@@ -183,23 +199,27 @@ def _tsv_row(
     for number in range(first_line, last_line + 1):
         if _ESCAPED_BYTE.search(lines[number - 1]):
             return DataError(f"{path}:{number}: invalid UTF-8")
-    if len(fields) != len(COLUMNS):
-        return DataError(f"{origin}: {_column_count_message(len(fields), first_line, last_line)}")
+    if len(fields) != len(order):
+        message = _column_count_message(len(fields), len(order), first_line, last_line)
+        return DataError(f"{origin}: {message}")
+    if len(order) == 1:
+        return _make_example(fields[0], None, origin)
     news, summary = (fields[index] for index in order)
     return _make_example(news, summary, origin)
 
 
-def _column_count_message(count: int, first_line: int, last_line: int) -> str:
-    message = f"expected 2 columns (news, summary), got {count}"
+def _column_count_message(count: int, expected: int, first_line: int, last_line: int) -> str:
+    names = "news, summary" if expected == 2 else "news"
+    message = f"expected {expected} column{'s' if expected > 1 else ''} ({names}), got {count}"
     if last_line > first_line:
         # Only an opened double quote lets a row run over several lines.
         return f"{message}; the row spans lines {first_line}-{last_line}, an unbalanced '\"'?"
-    if count > len(COLUMNS):
+    if count > expected:
         return f"{message}; an unescaped tab inside a field?"
     return f"{message}; an unescaped newline inside a field?"
 
 
-def _parse_jsonl(path: str, data: bytes) -> Iterator[Example | DataError]:
+def _parse_jsonl(path: str, data: bytes, require_summary: bool) -> Iterator[Example | DataError]:
     # Split on b"\n" only: JSON strings may legally hold U+2028 and friends, which
     # str.splitlines would treat as line breaks.
     for number, raw_line in enumerate(data.split(b"\n"), start=1):
@@ -211,20 +231,36 @@ def _parse_jsonl(path: str, data: bytes) -> Iterator[Example | DataError]:
             continue
         if not line:
             continue  # Blank lines (including the one after the final newline) hold no record.
-        yield _jsonl_row(line, origin)
+        yield _jsonl_row(line, origin, require_summary)
 
 
-def _jsonl_row(line: str, origin: str) -> Example | DataError:
+def _jsonl_row(line: str, origin: str, require_summary: bool) -> Example | DataError:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         return DataError(f"{origin}: invalid JSON ({error.msg} at column {error.colno})")
     if not isinstance(record, dict):
         return DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
-    for name in COLUMNS:
+    required = COLUMNS if require_summary or "summary" in record else ("news",)
+    for name in required:
         if name not in record:
             return DataError(f"{origin}: missing field {name!r}")
         if not isinstance(record[name], str):
             kind = type(record[name]).__name__
             return DataError(f"{origin}: field {name!r} must be a string, got {kind}")
-    return _make_example(record["news"], record["summary"], origin)
+    return _make_example(record["news"], record.get("summary"), origin)
+
+
+def _parse_txt(path: str, data: bytes) -> Iterator[Example | DataError]:
+    """One article per line; a blank line inside the file is reported, not skipped."""
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines = lines[:-1]  # the newline that ends the last line opens no article
+    for number, raw_line in enumerate(lines, start=1):
+        origin = f"{path}:{number}"
+        try:
+            line = raw_line.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as error:
+            yield DataError(f"{origin}: invalid UTF-8 at byte {error.start} of the line")
+            continue
+        yield _make_example(line, None, origin)

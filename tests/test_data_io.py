@@ -228,3 +228,32 @@ def test_empty_jsonl_file_has_no_examples(tmp_path):
     path = write(tmp_path, "a.jsonl", b"\n")
     with pytest.raises(DataError, match=":1: no examples"):
         read_examples(path, bad_rows="skip")
+
+
+def test_articles_without_summaries_for_prediction(tmp_path):
+    tsv = tmp_path / "articles.tsv"
+    tsv.write_text("news\n첫 기사입니다.\n둘째 기사입니다.\n", encoding="utf-8")
+    jsonl = tmp_path / "articles.jsonl"
+    jsonl.write_text('{"news": "첫 기사"}\n{"news": "둘째", "summary": "요약"}\n', encoding="utf-8")
+    txt = tmp_path / "articles.txt"
+    txt.write_text("첫 기사입니다.\n둘째 기사입니다.\n", encoding="utf-8")
+
+    from_tsv = read_examples(str(tsv), require_summary=False)
+    assert [(e.news, e.summary) for e in from_tsv] == [
+        ("첫 기사입니다.", ""),
+        ("둘째 기사입니다.", ""),
+    ]
+    from_jsonl = read_examples(str(jsonl), require_summary=False)
+    assert [(e.news, e.summary) for e in from_jsonl] == [("첫 기사", ""), ("둘째", "요약")]
+    from_txt = read_examples(str(txt), require_summary=False)
+    assert [e.origin for e in from_txt] == [f"{txt}:1", f"{txt}:2"]
+    # Training data still needs its summaries.
+    with pytest.raises(DataError, match=r"articles\.tsv:1: expected a header"):
+        read_examples(str(tsv))
+
+
+def test_blank_line_in_article_file_is_reported(tmp_path):
+    txt = tmp_path / "articles.txt"
+    txt.write_text("첫 기사입니다.\n\n셋째 기사입니다.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"articles\.txt:2: empty 'news'"):
+        read_examples(str(txt), require_summary=False)

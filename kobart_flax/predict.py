@@ -1,0 +1,139 @@
+"""Summarize a file of articles and score the summaries with Korean ROUGE.
+
+    python predict.py --model runs/tiny/final_model --input data/sample/test.tsv \\
+        --output runs/tiny/predictions.tsv --num-beams 4
+
+Input: TSV (``news`` and optionally ``summary`` columns), JSONL (same fields) or plain
+text (one article per line). Output: a TSV with ``news``, ``reference`` and
+``prediction`` in the input order. With references, ROUGE-1/2/L are printed, next to a
+lead-sentence baseline (the article's first sentence as its summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import re
+import sys
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from etils import epath
+from tqdm import tqdm
+
+from kobart_flax.data_io import DataError, Example, read_examples
+from kobart_flax.metrics import TOKENIZATIONS, rouge
+from kobart_flax.pretrained import FlaxBartForConditionalGeneration
+from kobart_flax.summarize import Summarizer
+from kobart_flax.tokenization import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def lead_sentence(text: str) -> str:
+    return SENTENCE_END.split(text.strip(), maxsplit=1)[0]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="model directory (train output or exported) or hub name"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer directory or hub name (default: --model)")
+    parser.add_argument("--input", required=True, help=".tsv, .jsonl or .txt (local or gs://)")
+    parser.add_argument("--output", help="TSV to write (default: print summaries only)")
+    parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=128, help="summary tokens + 1")
+    parser.add_argument("--min-length", type=int, default=0)
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-source-length", type=int, default=512)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--tokenization", choices=TOKENIZATIONS, default="mecab")
+    parser.add_argument("--bad-rows", choices=("error", "skip"), default="error")
+    return parser.parse_args(argv)
+
+
+def write_predictions(path: str, examples: Sequence[Example], predictions: Sequence[str]) -> None:
+    buffer = io.StringIO()
+    # pandas-compatible quoting, like the training TSVs (see data_io.write_tsv).
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(("news", "reference", "prediction"))
+    for example, prediction in zip(examples, predictions, strict=True):
+        writer.writerow((example.news, example.summary, prediction))
+    epath.Path(path).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def format_rouge(name: str, scores: dict[str, float]) -> str:
+    return (
+        f"{name:<22} ROUGE-1 {scores['rouge1_f']:.4f}  ROUGE-2 {scores['rouge2_f']:.4f}  "
+        f"ROUGE-L {scores['rougeL_f']:.4f}  (F1)"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
+    examples = read_examples(args.input, args.bad_rows, require_summary=False)
+    model = FlaxBartForConditionalGeneration.from_pretrained(args.model, jnp.dtype(args.dtype))
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    settings = model.generation_settings(
+        max_length=args.max_length,
+        min_length=args.min_length,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+    summarizer = Summarizer(
+        model.module,
+        tokenizer,
+        settings,
+        batch_size=args.batch_size,
+        max_source_length=args.max_source_length,
+    )
+    with tqdm(total=len(examples), desc="summarizing", unit="article") as bar:
+        predictions = summarizer.summarize(
+            model.params,
+            [example.news for example in examples],
+            progress=lambda done, _: bar.update(done - bar.n),
+        )
+    if args.output:
+        write_predictions(args.output, examples, predictions)
+        logger.info("wrote %d predictions to %s", len(predictions), args.output)
+    else:
+        for prediction in predictions:
+            print(prediction)
+
+    scored = [i for i, example in enumerate(examples) if example.summary]
+    if not scored:
+        return {}
+    references = [examples[i].summary for i in scored]
+    results = {
+        "model": rouge([predictions[i] for i in scored], references, args.tokenization),
+        "lead_sentence": rouge(
+            [lead_sentence(examples[i].news) for i in scored], references, args.tokenization
+        ),
+    }
+    print(f"{len(scored)} articles with references, {args.tokenization} tokens:")
+    print(format_rouge("model", results["model"]))
+    print(format_rouge("lead-sentence baseline", results["lead_sentence"]))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

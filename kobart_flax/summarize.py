@@ -1,0 +1,94 @@
+"""Texts in, summaries out: the one generation path for evaluation, predict and the demo.
+
+Sources are tokenized as in training (``<s> text </s>``, truncated), sorted longest
+first, padded to a bucket length and a full batch (so the compiled programs are bounded
+by the number of buckets), generated with :func:`kobart_flax.generation.generate`, and
+returned in the input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kobart_flax.batching import pick_bucket
+from kobart_flax.generation import GenerationSettings, generate
+from kobart_flax.modeling import BartForConditionalGenerationModule
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOURCE_BUCKETS = (64, 128, 256, 512, 1024)
+
+
+class Summarizer:
+    """Batched, jitted summarization with one model and one set of generation settings."""
+
+    def __init__(
+        self,
+        module: BartForConditionalGenerationModule,
+        tokenizer,
+        settings: GenerationSettings,
+        *,
+        batch_size: int = 16,
+        max_source_length: int = 512,
+        source_buckets: Sequence[int] = DEFAULT_SOURCE_BUCKETS,
+    ):
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.batch_size = batch_size
+        self.max_source_length = max_source_length
+        self.source_buckets = tuple(b for b in source_buckets if b < max_source_length) + (
+            max_source_length,
+        )
+        self._generate = jax.jit(
+            lambda params, ids, mask: generate(module, params, ids, mask, settings)
+        )
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """``<s> text </s>`` ids, truncated to ``max_source_length`` keeping ``</s>``."""
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        tokens = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [[bos, *ids[: self.max_source_length - 2], eos] for ids in tokens]
+
+    def is_truncated(self, text: str) -> bool:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids) > self.max_source_length - 2
+
+    def summarize(
+        self,
+        params: dict,
+        texts: Sequence[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        """Summaries in the order of ``texts``; ``progress(done, total)`` after each batch."""
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"text {index} is empty")
+        encoded = self.encode(texts)
+        order = np.argsort([-len(ids) for ids in encoded], kind="stable")
+        summaries: list[str] = [""] * len(texts)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            length = pick_bucket(max(len(encoded[i]) for i in rows), self.source_buckets)
+            # Always a full batch: the last one is topped up with all-padding rows.
+            input_ids = np.full((self.batch_size, length), pad, np.int32)
+            attention_mask = np.zeros((self.batch_size, length), np.int32)
+            for slot, row in enumerate(rows):
+                input_ids[slot, : len(encoded[row])] = encoded[row]
+                attention_mask[slot, : len(encoded[row])] = 1
+            sequences = np.asarray(
+                self._generate(params, jnp.asarray(input_ids), jnp.asarray(attention_mask))
+            )
+            texts_out = self.tokenizer.batch_decode(
+                sequences[: len(rows)], skip_special_tokens=True
+            )
+            for row, summary in zip(rows, texts_out, strict=True):
+                summaries[row] = summary.strip()
+            if progress is not None:
+                progress(min(start + self.batch_size, len(order)), len(order))
+        return summaries

@@ -1,0 +1,106 @@
+"""The Summarizer and the predict command, on a tiny random model with the bundled tokenizer."""
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import BartConfig
+
+import predict
+from kobart_flax import FlaxBartForConditionalGeneration
+from kobart_flax.data_io import read_examples
+from kobart_flax.predict import lead_sentence
+from kobart_flax.summarize import Summarizer
+from kobart_flax.tokenization import load_tokenizer
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=1026,
+        init_std=0.2,  # input-dependent outputs, so a mixed-up order would show
+        pad_token_id=3,
+        bos_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=1,
+    )
+    directory = tmp_path_factory.mktemp("tiny_model")
+    FlaxBartForConditionalGeneration(config, seed=3).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def articles(count: int) -> list[str]:
+    return [example.news for example in read_examples(str(SAMPLE / "test.tsv"))[:count]]
+
+
+def test_batched_summaries_come_back_in_input_order(model_dir):
+    model = FlaxBartForConditionalGeneration.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    settings = model.generation_settings(max_length=12, num_beams=2)
+    texts = articles(7)
+    batched = Summarizer(model.module, tokenizer, settings, batch_size=3, max_source_length=128)
+    one_by_one = Summarizer(model.module, tokenizer, settings, batch_size=1, max_source_length=128)
+    summaries = batched.summarize(model.params, texts)
+    assert summaries == [one_by_one.summarize(model.params, [text])[0] for text in texts]
+    assert len(set(summaries)) > 1
+
+
+def test_long_sources_are_truncated_not_fatal(model_dir):
+    model = FlaxBartForConditionalGeneration.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    summarizer = Summarizer(
+        model.module, tokenizer, model.generation_settings(max_length=6), max_source_length=64
+    )
+    long_text = " ".join(articles(10))
+    assert summarizer.is_truncated(long_text)
+    assert len(summarizer.encode([long_text])[0]) == 64
+    assert isinstance(summarizer.summarize(model.params, [long_text])[0], str)
+    with pytest.raises(ValueError, match="text 1 is empty"):
+        summarizer.summarize(model.params, ["기사", "  "])
+
+
+def test_predict_writes_rows_in_order_and_scores_them(model_dir, tmp_path, capsys):
+    source = tmp_path / "test.tsv"
+    lines = (SAMPLE / "test.tsv").read_text(encoding="utf-8").splitlines()[:6]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "predictions.tsv"
+    argv = ["--model", str(model_dir), "--input", str(source), "--output", str(output)]
+    assert predict.main([*argv, "--max-length", "10", "--batch-size", "2"]) == 0
+
+    with output.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file, delimiter="\t"))
+    expected = read_examples(str(source))
+    assert [row["news"] for row in rows] == [e.news for e in expected]
+    assert [row["reference"] for row in rows] == [e.summary for e in expected]
+    printed = capsys.readouterr().out
+    assert "5 articles with references" in printed
+    assert "lead-sentence baseline" in printed
+
+
+def test_predict_reports_a_blank_line_with_its_number(model_dir, tmp_path, caplog):
+    source = tmp_path / "articles.txt"
+    source.write_text("첫 기사입니다.\n\n셋째 기사입니다.\n", encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        assert predict.main(["--model", str(model_dir), "--input", str(source)]) == 2
+    assert f"{source}:2: empty 'news'" in caplog.text
+
+
+def test_lead_sentence():
+    assert lead_sentence("첫 문장이다. 둘째 문장이다.") == "첫 문장이다."
+    assert lead_sentence("마침표 없는 기사") == "마침표 없는 기사"
+    assert np.all([lead_sentence(text) for text in articles(3)])
