@@ -150,8 +150,18 @@ def _expand_like(indices: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def reorder_cache(cache: dict, flat_indices: jax.Array) -> dict:
-    """Pick cache rows [B * K, ...] by ``flat_indices``; scalars (the cache index) stay."""
-    return jax.tree.map(lambda x: x if x.ndim == 0 else x[flat_indices], cache)
+    """Pick self-attention cache rows [B * K, ...] by ``flat_indices``.
+
+    Scalars (the cache index) stay, and so do the cross-attention keys/values: all beams of
+    one source hold the same copy, and beams never move between sources.
+    """
+
+    def pick(path, x):
+        if x.ndim == 0 or path[-1].key in ("cross_key", "cross_value"):
+            return x
+        return x[flat_indices]
+
+    return jax.tree_util.tree_map_with_path(pick, cache)
 
 
 def beam_search(
@@ -298,16 +308,16 @@ def generate(
             **kwargs,
         )
 
-    # The cache's shape comes from a full-length dummy call; eval_shape allocates nothing.
-    cache_shape = jax.eval_shape(
-        lambda: decode(
-            jnp.ones((rows, settings.max_length), jnp.int32),
-            {"params": params},
-            0,
-            mutable=["cache"],
-        )[1]["cache"]
+    # One call with a dummy token creates the cache: empty self-attention caches of
+    # max_length, and the encoder output projected once for every cross-attention.
+    _, variables = decode(
+        jnp.full((rows, 1), settings.decoder_start_token_id, jnp.int32),
+        {"params": params},
+        0,
+        mutable=["cache"],
+        cache_length=settings.max_length,
     )
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shape)
+    cache = variables["cache"]
 
     def tokens_to_logits(token_ids, cache, position):
         logits, mutated = decode(

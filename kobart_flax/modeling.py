@@ -120,6 +120,7 @@ class BartAttention(nn.Module):
         mask: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        cache_length: int | None = None,
     ) -> jax.Array:
         head_dim = self.embed_dim // self.num_heads
 
@@ -135,13 +136,27 @@ class BartAttention(nn.Module):
             # [batch, length, embed] --> [batch, length, heads, head_dim]
             return x.reshape(x.shape[:2] + (self.num_heads, head_dim))
 
-        kv_source = hidden_states if key_value_states is None else key_value_states
-        query = split_heads(projection("q_proj")(hidden_states))
-        key = split_heads(projection("k_proj")(kv_source))
-        value = split_heads(projection("v_proj")(kv_source))
+        def project_keys_and_values(source: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return split_heads(projection("k_proj")(source)), split_heads(
+                projection("v_proj")(source)
+            )
 
-        if decode:
-            key, value, mask = self._extend_cache(key, value, mask)
+        query = split_heads(projection("q_proj")(hidden_states))
+        if key_value_states is None:
+            key, value = project_keys_and_values(hidden_states)
+            if decode:
+                key, value, mask = self._extend_cache(key, value, mask, cache_length)
+        elif decode:
+            # The encoder output is fixed during decoding: project it once, not every step.
+            if self.has_variable("cache", "cross_key"):
+                key = self.get_variable("cache", "cross_key")
+                value = self.get_variable("cache", "cross_value")
+            else:
+                key, value = project_keys_and_values(key_value_states)
+                self.put_variable("cache", "cross_key", key)
+                self.put_variable("cache", "cross_value", value)
+        else:
+            key, value = project_keys_and_values(key_value_states)
 
         # Softmax in float32: bfloat16 logits over long inputs lose the small weights.
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
@@ -157,16 +172,19 @@ class BartAttention(nn.Module):
         return projection("out_proj")(attended)
 
     def _extend_cache(
-        self, key: jax.Array, value: jax.Array, mask: jax.Array | None
+        self, key: jax.Array, value: jax.Array, mask: jax.Array | None, cache_length: int | None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Write this step's keys/values into the cache; attend to everything written so far.
 
-        The cache is created by ``init`` with a full-length dummy input, which fixes its
-        length. ``mask`` (if given) is a key padding mask over that full length.
+        The first decode call creates the cache, ``cache_length`` long (default: as long as
+        that call's input), and writes nothing. ``mask`` (if given) is a key padding mask
+        over the full cache length.
         """
         is_initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        # [batch, cache_length, heads, head_dim]
+        shape = (key.shape[0], cache_length or key.shape[1]) + key.shape[2:]
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
         cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not is_initialized:
             return key, value, mask
@@ -223,6 +241,7 @@ class BartDecoderLayer(nn.Module):
         cross_mask: jax.Array | None,
         deterministic: bool,
         decode: bool,
+        cache_length: int | None,
     ) -> jax.Array:
         spec = self.spec
 
@@ -237,13 +256,21 @@ class BartDecoderLayer(nn.Module):
             )
 
         attended = attention("self_attn")(
-            hidden_states, mask=self_mask, deterministic=deterministic, decode=decode
+            hidden_states,
+            mask=self_mask,
+            deterministic=deterministic,
+            decode=decode,
+            cache_length=cache_length,
         )
         hidden_states = add_and_norm(
             spec, self.dtype, hidden_states, attended, "self_attn_layer_norm", deterministic
         )
         attended = attention("encoder_attn")(
-            hidden_states, encoder_hidden_states, mask=cross_mask, deterministic=deterministic
+            hidden_states,
+            encoder_hidden_states,
+            mask=cross_mask,
+            deterministic=deterministic,
+            decode=decode,
         )
         hidden_states = add_and_norm(
             spec, self.dtype, hidden_states, attended, "encoder_attn_layer_norm", deterministic
@@ -356,6 +383,7 @@ class BartDecoder(nn.Module):
         position_ids: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        cache_length: int | None = None,
     ) -> jax.Array:
         spec = self.spec
         query_length = decoder_input_ids.shape[1]
@@ -397,7 +425,13 @@ class BartDecoder(nn.Module):
             key_length=encoder_hidden_states.shape[1],
         )
         return LayerStack(BartDecoderLayer, spec.decoder_layers, spec, self.dtype, name="layers")(
-            hidden_states, encoder_hidden_states, self_mask, cross_mask, deterministic, decode
+            hidden_states,
+            encoder_hidden_states,
+            self_mask,
+            cross_mask,
+            deterministic,
+            decode,
+            cache_length,
         )
 
 
@@ -474,8 +508,14 @@ class BartForConditionalGenerationModule(nn.Module):
         position_ids: jax.Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        cache_length: int | None = None,
     ) -> jax.Array:
-        """[batch, target_len] ids --> [batch, target_len, vocab] logits."""
+        """[batch, target_len] ids --> [batch, target_len, vocab] logits.
+
+        With ``decode=True`` the decoder reads and extends the ``cache`` collection: the
+        first such call creates it (self-attention caches ``cache_length`` long, and the
+        projected encoder output for cross-attention); later calls feed one step each.
+        """
         hidden_states = self.model.decoder(
             decoder_input_ids,
             encoder_hidden_states,
@@ -486,6 +526,7 @@ class BartForConditionalGenerationModule(nn.Module):
             position_ids,
             deterministic,
             decode,
+            cache_length,
         )
         logits = self.model.shared.attend(hidden_states)
         return logits + self.final_logits_bias.astype(self.dtype)

@@ -194,15 +194,20 @@ def test_decoder_kv_cache_matches_full_forward(saved_dir):
 
     encoded = module.apply({"params": params}, input_ids, attention_mask, method=module.encode)
     batch, length = decoder_input_ids.shape
-    cache = module.init(
-        jax.random.key(0),
-        jnp.ones((batch, length), jnp.int32),
+    # The first decode call creates the cache with the real params: empty self-attention
+    # caches of the full length, and the projected encoder output for cross-attention.
+    _, variables = module.apply(
+        {"params": params},
+        decoder_input_ids[:, :1],
         encoded,
         attention_mask,
-        position_ids=jnp.zeros((batch, length), jnp.int32),
+        position_ids=jnp.zeros((batch, 1), jnp.int32),
         decode=True,
+        cache_length=length,
         method=module.decode,
-    )["cache"]
+        mutable=["cache"],
+    )
+    cache = variables["cache"]
     steps = []
     for step in range(length):
         logits, mutated = module.apply(
