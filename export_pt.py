@@ -1,0 +1,48 @@
+"""Export an Orbax checkpoint to a Hugging Face PyTorch model directory.
+
+    python export_pt.py --checkpoint runs/tiny/checkpoints --output kobart_summary/
+    python export_pt.py --checkpoint gs://BUCKET/run/checkpoints --best --output kobart_summary/
+
+The result loads with ``BartForConditionalGeneration.from_pretrained("kobart_summary")``.
+"""
+
+import argparse
+import logging
+import sys
+
+from kobart_flax.checkpoint import CheckpointError
+from kobart_flax.export import EXPORT_DTYPES, ExportError, export
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="<workdir>/checkpoints or a step dir")
+    parser.add_argument("--output", required=True, help="directory to create")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="export this step (default: the newest)")
+    which.add_argument("--best", action="store_true", help="export the best evaluated step")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the PyTorch logits check (needs torch)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        export(
+            args.checkpoint,
+            args.output,
+            step=args.step,
+            best=args.best,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            check=not args.no_verify,
+        )
+    except (CheckpointError, ExportError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
