@@ -61,6 +61,9 @@ def summed_loss(
         batch["attention_mask"],
         batch["decoder_input_ids"],
         batch["decoder_attention_mask"],
+        # Packed batches (kobart_flax.packing) carry segment ids; bucketed ones do not.
+        segment_ids=batch.get("segment_ids"),
+        decoder_segment_ids=batch.get("decoder_segment_ids"),
         deterministic=not train,
         rngs={"dropout": dropout_key} if train else {},
     )
