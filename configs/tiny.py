@@ -22,17 +22,21 @@ def get_config() -> Config:
         ffn_dim=512,
         # Kept at KoBART's size so the position table has the same shape rules (offset 2).
         max_position_embeddings=1026,
-        dropout=0.1,
+        # No dropout: with a few thousand templated examples it mostly delayed the point
+        # where the decoder learns to copy from the source (eval loss 1.44 vs 0.98 after
+        # 1000 steps; ROUGE-1 0.21 vs 0.76).
+        dropout=0.0,
         attention_dropout=0.0,
         dtype="float32",  # CPUs have no fast bfloat16 matmul
     )
     data = DataConfig(
         train_path="data/sample/train.tsv",
         eval_path="data/sample/test.tsv",
-        # Half of the real job's lengths: attention cost grows with the square of length.
-        max_source_length=256,
+        # A quarter of the real job's source length: the sample summaries restate facts of
+        # the first sentences, and a CPU step costs about twice as much at 256.
+        max_source_length=128,
         max_target_length=64,
-        source_buckets=(64, 128, 256),  # few buckets = few jit compiles on a slow CPU
+        source_buckets=(64, 128),  # few buckets = few jit compiles on a slow CPU
         target_buckets=(32, 64),
         bad_rows="error",  # the sample is curated: a bad row there is a bug
         prefetch=2,
@@ -42,7 +46,7 @@ def get_config() -> Config:
         seed=0,
         batch_size=32,  # small steps for a CPU; also shards over 2, 4 or 8 simulated devices
         grad_accum_steps=1,
-        num_epochs=5,  # 625 steps: about 3 minutes on a 2-core CPU
+        num_epochs=8,  # 1000 steps: a few minutes on a 2-core CPU
         max_steps=0,
         # A tiny model trained from scratch needs a far larger lr than fine-tuning (3e-5).
         learning_rate=1e-3,
@@ -50,8 +54,16 @@ def get_config() -> Config:
         weight_decay=0.01,
         max_grad_norm=1.0,
         label_smoothing=0.0,
-        eval_every=50,  # each eval is cheap: 200 test rows
+        eval_every=100,  # each eval is cheap: 200 test rows
         eval_max_batches=0,
         log_every=20,
+        # Checkpoints (runs/tiny/checkpoints, ~21 MB each: params + Adam moments). With
+        # keep_best on, every evaluation is a checkpoint too. Rerunning the command resumes.
+        checkpoint_every=100,
+        keep_checkpoints=2,  # the newest 2, to resume from
+        keep_best=1,  # plus the one with the lowest eval loss
+        best_metric="eval_loss",
+        best_mode="min",
+        init_checkpoint=None,
     )
     return Config(model=model, data=data, train=train)

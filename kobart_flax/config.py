@@ -22,6 +22,7 @@ from pathlib import Path
 POSITION_OFFSET = 2
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BAD_ROW_POLICIES = ("error", "skip")
+BEST_MODES = ("min", "max")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,17 @@ class TrainConfig:
     eval_every: int = 200  # steps; 0 = only at the end
     eval_max_batches: int = 0  # 0 = whole eval set
     log_every: int = 20
+    # Checkpoints go to <workdir>/checkpoints; rerunning the same command resumes from there.
+    checkpoint_every: int = 200  # steps; 0 = only at the end (and on preemption)
+    keep_checkpoints: int = 2  # the newest K are kept (resume needs at least 1)
+    # The best K by best_metric are kept as well; with keep_best > 0 every evaluation step
+    # is also a checkpoint step, so each evaluated model can compete. 0 = off.
+    keep_best: int = 1
+    best_metric: str = "eval_loss"  # a metric the evaluation reports
+    best_mode: str = "min"  # "min" (losses) | "max" (ROUGE)
+    # Params-only warm start from another run's checkpoint directory (its newest step) or
+    # one step directory in it; used only when <workdir>/checkpoints has nothing to resume.
+    init_checkpoint: str | None = None
 
 
 @dataclass
@@ -343,9 +355,27 @@ def _check_train(
     ):
         if getattr(train, name) <= 0:
             problems.append(f"train.{name}={getattr(train, name)}: must be positive")
-    for name in ("max_steps", "weight_decay", "eval_every", "eval_max_batches"):
+    for name in (
+        "max_steps",
+        "weight_decay",
+        "eval_every",
+        "eval_max_batches",
+        "checkpoint_every",
+        "keep_best",
+    ):
         if getattr(train, name) < 0:
             problems.append(f"train.{name}={getattr(train, name)}: must be >= 0")
+    if train.keep_checkpoints < 1:
+        problems.append(
+            f"train.keep_checkpoints={train.keep_checkpoints}: must be >= 1 "
+            "(the newest checkpoint is what a restarted run resumes from)"
+        )
+    if not train.best_metric:
+        problems.append("train.best_metric: must not be empty")
+    if train.best_mode not in BEST_MODES:
+        problems.append(f"train.best_mode={train.best_mode!r}: must be one of {BEST_MODES}")
+    if train.init_checkpoint is not None and not train.init_checkpoint.strip():
+        problems.append("train.init_checkpoint: must be None or a checkpoint directory")
     if not 0.0 <= train.warmup_ratio <= 1.0:
         problems.append(f"train.warmup_ratio={train.warmup_ratio}: must be in [0, 1]")
     if not 0.0 <= train.label_smoothing < 1.0:

@@ -1,16 +1,21 @@
-"""The training loop: data, model, jitted steps over a mesh, logging, evaluation.
+"""The training loop: data, model, jitted steps over a mesh, checkpoints, logging, evaluation.
 
 Order of work in :func:`train_and_evaluate`:
 1. Validate the config against the devices (before anything compiles).
 2. Read, validate and tokenize the data (every host reads all of it and slices its rows).
-3. Build the model: pretrained weights or random init.
-4. Create the train state directly in its sharded layout (jit with out_shardings).
-5. Loop: prefetched batches -> global arrays -> train_step; log; evaluate every N steps.
-6. Save the final model next to the run (process 0).
+3. Start from the first of (see :mod:`kobart_flax.checkpoint`): the newest checkpoint in
+   ``<workdir>/checkpoints`` (exact resume: state, data position, history),
+   ``train.init_checkpoint`` (params only), ``model.pretrained``, random init. The train state
+   is created or restored directly in its sharded layout.
+4. Loop: prefetched batches -> global arrays -> train_step; log; evaluate every N steps;
+   checkpoint every N steps, at each evaluation when best-K is on, at the end, and after a
+   preemption notice (SIGTERM), after which the run stops cleanly.
+5. Save the final model next to the run (process 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -24,8 +29,15 @@ import numpy as np
 import optax
 from transformers import BartConfig
 
-from kobart_flax import batching, optim, sharding, steps
-from kobart_flax.config import Config, ConfigError, ModelConfig, config_to_dict, validate
+from kobart_flax import batching, checkpoint, optim, sharding, steps
+from kobart_flax.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_to_dict,
+    validate,
+)
 from kobart_flax.data_io import DataError, read_examples
 from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
@@ -36,12 +48,19 @@ logger = logging.getLogger(__name__)
 FINAL_MODEL_DIR = "final_model"
 
 
+EVAL_LOSS = "eval_loss"
+
+
 @dataclasses.dataclass
 class TrainResult:
-    train_losses: list[float]  # one per optimizer step
-    eval_losses: list[tuple[int, float]]  # (step, loss) per evaluation
+    # One per optimizer step from step 1, and (step, loss) per evaluation; a resumed run
+    # includes those of the steps before it, restored from the checkpoint.
+    train_losses: list[float]
+    eval_losses: list[tuple[int, float]]
     state: steps.TrainState
     model: FlaxBartForConditionalGeneration  # holds the final params
+    start_step: int = 0  # the step this run resumed from (0 = a fresh start)
+    preempted: bool = False  # stopped by a preemption notice, after saving a checkpoint
 
 
 def build_model(model_config: ModelConfig, tokenizer) -> FlaxBartForConditionalGeneration:
@@ -92,6 +111,19 @@ def load_encoded(path: str, config: Config, tokenizer) -> list[EncodedExample]:
     )
 
 
+def _state_factory(
+    model: FlaxBartForConditionalGeneration, optimizer: optax.GradientTransformation, seed: int
+):
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+
+    def make_state(params):
+        if params is None:
+            params = init_params(model.module, init_key)
+        return steps.create_train_state(params, optimizer, dropout_key)
+
+    return make_state
+
+
 def create_sharded_state(
     model: FlaxBartForConditionalGeneration,
     optimizer: optax.GradientTransformation,
@@ -103,13 +135,7 @@ def create_sharded_state(
     Returns (state, state shardings). Random init runs inside jit, so no host ever holds a
     whole copy; pretrained params enter as host arrays once.
     """
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-
-    def make_state(params):
-        if params is None:
-            params = init_params(model.module, init_key)
-        return steps.create_train_state(params, optimizer, dropout_key)
-
+    make_state = _state_factory(model, optimizer, seed)
     host_params = model.params or None
     state_shape = jax.eval_shape(make_state, host_params)
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state_shape)
@@ -117,10 +143,161 @@ def create_sharded_state(
     return state, state_sharding
 
 
+def abstract_sharded_state(
+    model: FlaxBartForConditionalGeneration,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    seed: int,
+) -> tuple[steps.TrainState, steps.TrainState]:
+    """(ShapeDtypeStructs carrying the target shardings, shardings) of the train state:
+    the layout a checkpoint is restored into, whatever mesh wrote it."""
+    state_shape = jax.eval_shape(_state_factory(model, optimizer, seed), None)
+    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state_shape)
+    abstract = jax.tree.map(
+        lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=leaf_sharding
+        ),
+        state_shape,
+        state_sharding,
+    )
+    return abstract, state_sharding
+
+
+def model_from_metadata(
+    metadata: dict, dtype: jnp.dtype, tokenizer, params: dict | None = None
+) -> FlaxBartForConditionalGeneration:
+    """The model a checkpoint describes (its BartConfig), without its weights by default."""
+    model = FlaxBartForConditionalGeneration(
+        BartConfig.from_dict(metadata["model_config"]), dtype, params=params or {}
+    )
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(
+            f"model.tokenizer has {len(tokenizer)} tokens but the checkpoint's model "
+            f"embeds only {model.config.vocab_size}"
+        )
+    return model
+
+
+@dataclasses.dataclass
+class _Start:
+    """Where a run starts: fresh (step 0) or resumed from its own checkpoint."""
+
+    model: FlaxBartForConditionalGeneration
+    state: steps.TrainState
+    state_sharding: steps.TrainState
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # of the next batch to train on
+    train_losses: list[float] = dataclasses.field(default_factory=list)
+    evaluations: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
+
+
+def initialize(
+    config: Config,
+    tokenizer,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    checkpointer: checkpoint.TrainCheckpointer,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> _Start:
+    """The resume order of :mod:`kobart_flax.checkpoint`, steps 1 to 4."""
+    dtype = jnp.dtype(config.model.dtype)
+    seed = config.train.seed
+
+    # 1. This run's newest readable checkpoint: continue exactly where it stopped.
+    def abstract_state_for(metadata: dict) -> steps.TrainState:
+        model = model_from_metadata(metadata, dtype, tokenizer)
+        return abstract_sharded_state(model, optimizer, mesh, seed)[0]
+
+    restored = checkpointer.restore_newest(abstract_state_for)
+    if restored is not None:
+        model = model_from_metadata(restored.metadata, dtype, tokenizer)
+        _, state_sharding = abstract_sharded_state(model, optimizer, mesh, seed)
+        epoch, batch_in_epoch = resume_position(restored, config, steps_per_epoch, total_steps)
+        logger.info(
+            "resuming from %s at step %d (epoch %d, batch %d)",
+            checkpointer.directory / str(restored.step),
+            restored.step,
+            epoch,
+            batch_in_epoch,
+        )
+        return _Start(
+            model,
+            restored.state,
+            state_sharding,
+            restored.step,
+            epoch,
+            batch_in_epoch,
+            [float(loss) for loss in restored.history["train_losses"]],
+            [(int(step), dict(metrics)) for step, metrics in restored.history["evaluations"]],
+        )
+
+    # 2. Params of another run: fresh optimizer, step 0.
+    if config.train.init_checkpoint:
+        params, metadata = checkpoint.restore_params(
+            config.train.init_checkpoint, sharding=sharding.replicated(mesh)
+        )
+        model = model_from_metadata(metadata, dtype, tokenizer, params=params)
+        logger.info(
+            "initialized the params from %s (step %d)",
+            config.train.init_checkpoint,
+            metadata["step"],
+        )
+    else:
+        # 3. and 4. Pretrained weights, or random init.
+        model = build_model(config.model, tokenizer)
+    state, state_sharding = create_sharded_state(model, optimizer, mesh, seed)
+    return _Start(model, state, state_sharding)
+
+
+def resume_position(
+    restored: checkpoint.Restored, config: Config, steps_per_epoch: int, total_steps: int
+) -> tuple[int, int]:
+    """(epoch, batch in epoch) of the next batch, as the checkpoint recorded it."""
+    position = restored.data_iterator
+    epoch, batch_in_epoch = int(position["epoch"]), int(position["batch_in_epoch"])
+    if position["steps_per_epoch"] != steps_per_epoch or position["seed"] != config.train.seed:
+        logger.warning(
+            "checkpoint step %d was written with %d batches per epoch and seed %d, this run has "
+            "%d and %d: the data order does not continue exactly",
+            restored.step,
+            position["steps_per_epoch"],
+            position["seed"],
+            steps_per_epoch,
+            config.train.seed,
+        )
+        if batch_in_epoch >= steps_per_epoch:
+            epoch, batch_in_epoch = epoch + 1, 0
+    if restored.metadata.get("total_steps") != total_steps:
+        logger.warning(
+            "checkpoint step %d was written by a run of %s steps, this run has %d: the "
+            "learning-rate schedule changes",
+            restored.step,
+            restored.metadata.get("total_steps"),
+            total_steps,
+        )
+    return epoch, batch_in_epoch
+
+
+def eval_metric_names(config: Config) -> tuple[str, ...]:
+    """What an evaluation reports; ``train.best_metric`` must be one of these."""
+    return (EVAL_LOSS,)
+
+
+def check_best_metric(config: Config) -> None:
+    names = eval_metric_names(config)
+    if config.train.best_metric not in names:
+        raise ConfigError(
+            f"train.best_metric={config.train.best_metric!r}: evaluation reports only "
+            f"{', '.join(names)}"
+        )
+
+
 def train_and_evaluate(config: Config) -> TrainResult:
     validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+    check_best_metric(config)
     train_config, data_config = config.train, config.data
-    process_index, process_count = jax.process_index(), jax.process_count()
 
     tokenizer = load_tokenizer(config.model.tokenizer)
     train_examples = load_encoded(data_config.train_path, config, tokenizer)
@@ -135,9 +312,6 @@ def train_and_evaluate(config: Config) -> TrainResult:
     if train_config.max_steps:
         total_steps = min(total_steps, train_config.max_steps)
 
-    model = build_model(config.model, tokenizer)
-    pad_id = model.config.pad_token_id
-    start_id = model.config.decoder_start_token_id
     schedule = optim.learning_rate_schedule(
         train_config.learning_rate, total_steps, train_config.warmup_ratio
     )
@@ -145,7 +319,64 @@ def train_and_evaluate(config: Config) -> TrainResult:
         schedule, train_config.weight_decay, train_config.max_grad_norm
     )
     mesh = sharding.make_data_mesh()
-    state, state_sharding = create_sharded_state(model, optimizer, mesh, train_config.seed)
+    # The watcher outlives the checkpointer, whose close waits for the last async save: a
+    # SIGTERM from startup until the final write is on disk only asks for a clean stop.
+    with (
+        checkpoint.PreemptionWatcher() as preemption,
+        checkpoint.TrainCheckpointer(
+            checkpoint.checkpoint_dir(train_config.workdir), train_config
+        ) as checkpointer,
+    ):
+        start = initialize(
+            config, tokenizer, optimizer, mesh, checkpointer, steps_per_epoch, total_steps
+        )
+        checkpointer.save_tokenizer(tokenizer)
+        result = _train_loop(
+            config,
+            start,
+            checkpointer,
+            preemption,
+            optimizer,
+            schedule,
+            mesh,
+            train_examples,
+            eval_examples,
+            steps_per_epoch,
+            total_steps,
+        )
+        if result.preempted:
+            checkpointer.wait_until_finished()
+            logger.warning(
+                "stopped at step %d after a preemption notice; the checkpoint is saved: rerun "
+                "the same command to resume",
+                int(result.state.step),
+            )
+            return result
+
+    if jax.process_index() == 0:
+        output = Path(train_config.workdir) / FINAL_MODEL_DIR
+        result.model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        logger.info("saved the final model to %s", output)
+    return result
+
+
+def _train_loop(
+    config: Config,
+    start: _Start,
+    checkpointer: checkpoint.TrainCheckpointer,
+    preemption: checkpoint.PreemptionWatcher,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: jax.sharding.Mesh,
+    train_examples: Sequence[EncodedExample],
+    eval_examples: Sequence[EncodedExample],
+    steps_per_epoch: int,
+    total_steps: int,
+) -> TrainResult:
+    train_config, data_config = config.train, config.data
+    model, state, state_sharding = start.model, start.state, start.state_sharding
+    process_index, process_count = jax.process_index(), jax.process_count()
     param_count = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     logger.info(
         "%s parameters, %d train / %d eval examples, %d steps (%d per epoch), %d devices",
@@ -181,58 +412,116 @@ def train_and_evaluate(config: Config) -> TrainResult:
         batch_size=train_config.batch_size,
         source_buckets=data_config.source_buckets,
         target_buckets=data_config.target_buckets,
-        pad_token_id=pad_id,
-        decoder_start_token_id=start_id,
+        pad_token_id=model.config.pad_token_id,
+        decoder_start_token_id=model.config.decoder_start_token_id,
         process_index=process_index,
         process_count=process_count,
     )
 
-    def evaluate(params) -> float:
+    def evaluate(params) -> dict[str, float]:
+        """Metrics by name (see eval_metric_names); the hook that generation-based ROUGE
+        extends."""
         batches = batching.eval_batches(eval_examples, **batch_options)
         if train_config.eval_max_batches:
             batches = itertools.islice(batches, train_config.eval_max_batches)
-        return evaluation_loss(eval_step, params, batches, mesh)
+        return {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
 
-    def epoch_batches(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def epoch_batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
         return batching.train_batches(
-            train_examples, seed=train_config.seed, epoch=epoch, **batch_options
+            train_examples,
+            seed=train_config.seed,
+            epoch=epoch,
+            start_batch=start_batch,
+            **batch_options,
         )
 
-    train_losses: list[float] = []
-    eval_losses: list[tuple[int, float]] = []
+    metadata = {
+        "config": config_to_dict(config),
+        "model_config": model.config.to_dict(),
+        "tokenizer": {"directory": checkpoint.TOKENIZER_DIR, "source": config.model.tokenizer},
+        "total_steps": total_steps,
+    }
+    step, epoch, batch_in_epoch = start.step, start.epoch, start.batch_in_epoch
+    train_losses = list(start.train_losses)
+    evaluations = list(start.evaluations)
+    pending: list[dict[str, jax.Array]] = []  # step metrics not yet fetched from the devices
+
+    def save(state, step: int, epoch: int, batch_in_epoch: int, eval_metrics) -> None:
+        next_epoch, next_batch = divmod(batch_in_epoch, steps_per_epoch)
+        history_losses = train_losses + [float(m["loss"]) for m in jax.device_get(pending)]
+        checkpointer.save(
+            step,
+            state,
+            data_iterator={
+                "epoch": epoch + next_epoch,  # of the next batch
+                "batch_in_epoch": next_batch,
+                "steps_per_epoch": steps_per_epoch,
+                "seed": train_config.seed,
+            },
+            history={"train_losses": history_losses, "evaluations": evaluations},
+            metadata=metadata,
+            metrics=eval_metrics,
+        )
+
+    preempted = False
+    if step >= total_steps:
+        logger.info("training already finished: checkpoint step %d of %d", step, total_steps)
     with MetricsLogger(
         train_config.workdir, enabled=process_index == 0, total_steps=total_steps
     ) as metrics_logger:
         metrics_logger.log_hparams(config_to_dict(config))
-        pending: list[dict[str, jax.Array]] = []
-        step = 0
-        for epoch in range(train_config.num_epochs):
-            for local_batch in prefetched(epoch_batches(epoch), data_config.prefetch):
-                if step >= total_steps:
-                    break
-                state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
-                step += 1
-                # Metrics stay on device until a log step, so the host never waits per step.
-                pending.append(metrics)
-                if step % train_config.log_every == 0 or step == total_steps:
-                    interval = jax.device_get(pending)
-                    pending = []
-                    train_losses.extend(float(m["loss"]) for m in interval)
-                    metrics_logger.log_train(step, summarize_interval(interval, epoch))
-                if (train_config.eval_every and step % train_config.eval_every == 0) or (
-                    step == total_steps
-                ):
-                    eval_loss = evaluate(state.params)
-                    eval_losses.append((step, eval_loss))
-                    metrics_logger.log_eval(step, {"loss": eval_loss})
+        while step < total_steps and not preempted:
+            batches = prefetched(epoch_batches(epoch, batch_in_epoch), data_config.prefetch)
+            with contextlib.closing(batches):
+                for local_batch in batches:
+                    state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
+                    step += 1
+                    batch_in_epoch += 1
+                    # Metrics stay on device until a log step, so the host never waits per step.
+                    pending.append(metrics)
+                    if step % train_config.log_every == 0 or step == total_steps:
+                        interval = jax.device_get(pending)
+                        pending.clear()
+                        train_losses.extend(float(m["loss"]) for m in interval)
+                        metrics_logger.log_train(step, summarize_interval(interval, epoch))
+                    eval_metrics = None
+                    if (train_config.eval_every and step % train_config.eval_every == 0) or (
+                        step == total_steps
+                    ):
+                        eval_metrics = evaluate(state.params)
+                        evaluations.append((step, eval_metrics))
+                        metrics_logger.log_eval(
+                            step, {k.removeprefix("eval_"): v for k, v in eval_metrics.items()}
+                        )
+                    # Every host, every step: on a pod this is where the hosts agree to stop.
+                    preempted = preemption.reached(step)
+                    if preempted or should_checkpoint(
+                        train_config, step, total_steps, eval_metrics
+                    ):
+                        save(state, step, epoch, batch_in_epoch, eval_metrics)
+                    if preempted or step >= total_steps:
+                        break
+            if batch_in_epoch >= steps_per_epoch:
+                epoch, batch_in_epoch = epoch + 1, 0
+        # Preempted between two log steps.
+        train_losses.extend(float(m["loss"]) for m in jax.device_get(pending))
 
     model.params = state.params
-    if process_index == 0:
-        output = Path(train_config.workdir) / FINAL_MODEL_DIR
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        logger.info("saved the final model to %s", output)
-    return TrainResult(train_losses, eval_losses, state, model)
+    eval_losses = [(s, metrics[EVAL_LOSS]) for s, metrics in evaluations]
+    return TrainResult(
+        train_losses, eval_losses, state, model, start_step=start.step, preempted=preempted
+    )
+
+
+def should_checkpoint(
+    train_config: TrainConfig, step: int, total_steps: int, eval_metrics: dict | None
+) -> bool:
+    """Every checkpoint_every steps, at the end, and at every evaluation when best-K is on."""
+    return (
+        step == total_steps
+        or (train_config.checkpoint_every > 0 and step % train_config.checkpoint_every == 0)
+        or (train_config.keep_best > 0 and eval_metrics is not None)
+    )
 
 
 def prefetched(batches: Iterator, size: int) -> Iterator:

@@ -53,7 +53,7 @@ def test_tiny_config_loads_and_validates_on_one_device():
     validate(config, device_count=1)
     assert config.model.pretrained is None
     assert config.train.learning_rate == 1e-3
-    assert config.data.source_buckets == (64, 128, 256)
+    assert config.data.source_buckets == (64, 128)
 
 
 def test_kobart_base_config_loads_and_validates_on_a_v4_32_pod():
@@ -305,3 +305,52 @@ def test_parse_args_help_shows_an_example(capsys):
     help_text = capsys.readouterr().out
     assert "example:" in help_text
     assert "--config configs/kobart_base.py train.workdir=gs://" in help_text
+
+
+# --- checkpoint fields (train section) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"checkpoint_every": -1}, "train.checkpoint_every=-1: must be >= 0"),
+        ({"keep_checkpoints": 0}, "train.keep_checkpoints=0: must be >= 1"),
+        ({"keep_best": -1}, "train.keep_best=-1: must be >= 0"),
+        ({"best_metric": ""}, "train.best_metric: must not be empty"),
+        ({"best_mode": "lowest"}, r"train.best_mode='lowest': must be one of \('min', 'max'\)"),
+        ({"init_checkpoint": " "}, "train.init_checkpoint: must be None or a checkpoint dir"),
+        ({"keep_best": 1.0}, "train.keep_best=1.0: expected int"),
+    ],
+)
+def test_invalid_checkpoint_field_names_the_field(values, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(with_field(Config(), "train", **values))
+
+
+def test_checkpoint_fields_from_the_command_line():
+    config = apply_overrides(
+        Config(),
+        [
+            "train.checkpoint_every=0",
+            "train.keep_best=3",
+            "train.best_metric=rougeL",
+            "train.best_mode=max",
+            "train.init_checkpoint=gs://bucket/run1/checkpoints",
+        ],
+    )
+    validate(config)
+    assert config.train.checkpoint_every == 0
+    assert config.train.keep_best == 3
+    assert (config.train.best_metric, config.train.best_mode) == ("rougeL", "max")
+    assert config.train.init_checkpoint == "gs://bucket/run1/checkpoints"
+    assert apply_overrides(config, ["train.init_checkpoint=none"]).train.init_checkpoint is None
+
+
+@pytest.mark.parametrize("path", [TINY, KOBART_BASE])
+def test_config_files_checkpoint_during_training_and_keep_the_best(path):
+    train = load_config(path).train
+    assert train.checkpoint_every > 0  # not only at the end: preemptible VMs
+    assert train.keep_checkpoints >= 1
+    assert train.keep_best >= 1
+    assert (train.best_metric, train.best_mode) == ("eval_loss", "min")
+    assert train.init_checkpoint is None

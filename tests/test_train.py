@@ -71,11 +71,13 @@ def test_tiny_training_run_learns_logs_and_saves(small_run):
     assert (workdir / FINAL_MODEL_DIR / "tokenizer.json").is_file()
 
 
-def test_same_seed_gives_identical_losses(small_run):
+def test_same_seed_gives_identical_losses(small_run, tmp_path):
     overrides = [*small_run, "train.max_steps=2", "train.eval_every=0"]
-    first = train_and_evaluate(tiny_config(overrides)).train_losses
-    second = train_and_evaluate(tiny_config(overrides)).train_losses
-    assert first == second
+    # Separate workdirs: a rerun in the same one would resume, not recompute.
+    first = train_and_evaluate(tiny_config([*overrides, f"train.workdir={tmp_path / 'a'}"]))
+    second = train_and_evaluate(tiny_config([*overrides, f"train.workdir={tmp_path / 'b'}"]))
+    assert second.start_step == 0
+    assert first.train_losses == second.train_losses
 
 
 def test_batch_not_divisible_by_devices_fails_before_compiling(small_run):

@@ -1,0 +1,699 @@
+"""Orbax checkpoints: save, resume, best-k, preemption, and restoring onto any mesh.
+
+A *checkpoint directory* is ``<workdir>/checkpoints``. It describes itself: export and the
+demo need nothing else.
+
+::
+
+    <workdir>/checkpoints/
+      tokenizer/        the run's tokenizer files, written once before the first save
+      <step>/           one Orbax step, complete (see "Atomicity" below)
+        params/         model parameters (PyTree, OCDBT): all that export and the demo read
+        train_state/    step, optimizer state, dropout key (as raw key data)
+        data_iterator/  JSON: epoch and batch_in_epoch of the next batch, steps_per_epoch, seed
+        history/        JSON: every train loss and evaluation so far
+        metadata/       JSON: the full config, the model's BartConfig, the tokenizer, the key impl
+        metrics/        JSON (Orbax's): the evaluation metrics at this step, for best-k
+      corrupted/        steps found unreadable on resume, moved aside (never deleted)
+
+Resume order (``train.train_and_evaluate``; the first that applies wins):
+
+1. The newest complete checkpoint in ``<workdir>/checkpoints``: the whole train state and the
+   data position, so the run continues exactly (same losses as an uninterrupted run). An
+   unreadable one is moved to ``corrupted/`` with a warning and the next older one is tried.
+2. ``train.init_checkpoint``: params only, from another run's checkpoint directory (its newest
+   step) or one step directory in it; fresh optimizer, step 0.
+3. ``model.pretrained``: Hugging Face weights.
+4. Random init.
+
+Atomicity: Orbax writes a step to ``<step>.orbax-checkpoint-tmp*`` and renames it when every
+item is written (on GCS, where renames are not atomic, it writes ``commit_success.txt`` last
+instead). A process killed mid-save leaves only such a temporary directory: every reader here
+ignores it, and the next training run deletes it (``cleanup_tmp_directories``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+from etils import epath
+from jax.experimental import multihost_utils
+
+from kobart_flax import steps
+from kobart_flax.config import TrainConfig
+
+
+def _import_orbax():
+    """Imports orbax without configuring the root logger as a side effect.
+
+    Importing orbax logs (DEBUG) through absl, and absl calls ``logging.basicConfig()`` when
+    the root logger has no handler yet: that would turn the entry point's own
+    ``logging.basicConfig(level=INFO)`` into a no-op and hide every INFO line of the run. A
+    placeholder handler during the import leaves the root logger as it was.
+    """
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        import orbax.checkpoint
+
+        return orbax.checkpoint
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
+# Orbax warnings that are expected here: a save without an evaluation (only evaluated steps
+# carry metrics; the others are kept as one of the newest K), and every read-only manager.
+_EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "Given directory is read only")
+
+
+class _QuietOrbax(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(expected in message for expected in _EXPECTED_ORBAX_WARNINGS)
+
+
+ocp = _import_orbax()
+_absl_logger = logging.getLogger("absl")
+# Orbax logs some 60 INFO lines per save and restore through absl; raise the level to
+# WARNING unless someone set it (logging.getLogger("absl").setLevel(logging.INFO) brings
+# them back).
+if _absl_logger.level == logging.NOTSET:
+    _absl_logger.setLevel(logging.WARNING)
+_absl_logger.addFilter(_QuietOrbax())
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"  # under train.workdir
+TOKENIZER_DIR = "tokenizer"  # under the checkpoint directory
+CORRUPTED_DIR = "corrupted"  # under the checkpoint directory
+FORMAT_VERSION = 1
+
+# The items of one step. The two array items are separate so that export, the demo and
+# train.init_checkpoint read the params without the optimizer state (twice their size).
+PARAMS = "params"
+TRAIN_STATE = "train_state"
+DATA_ITERATOR = "data_iterator"
+HISTORY = "history"
+METADATA = "metadata"
+JSON_ITEMS = (DATA_ITERATOR, HISTORY, METADATA)
+ITEMS = (PARAMS, TRAIN_STATE, *JSON_ITEMS)
+# Written by Orbax next to the items when save() is given metrics: <step>/metrics/metrics.
+_ORBAX_METRICS_ITEM = ocp.checkpoint_manager.METRIC_ITEM_NAME
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or unreadable; the message names it."""
+
+
+def as_path(path: str | epath.PathLike) -> epath.Path:
+    """An ``epath.Path``, made absolute when local: Orbax refuses relative paths."""
+    text = str(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
+    return as_path(workdir) / CHECKPOINT_DIR
+
+
+# ---------------------------------------------------------------------------------------
+# Reading (export, demo, init_checkpoint): free functions over a checkpoint directory
+
+
+def all_steps(directory: str | epath.PathLike) -> list[int]:
+    """The complete steps in ``directory``, ascending; temporary (partial) ones are skipped."""
+    directory = as_path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(m.step for m in ocp.step.standard_name_format().find_all(directory))
+
+
+def latest_step(directory: str | epath.PathLike) -> int | None:
+    steps_found = all_steps(directory)
+    return steps_found[-1] if steps_found else None
+
+
+def best_step(
+    directory: str | epath.PathLike, metric: str | None = None, mode: str | None = None
+) -> int | None:
+    """The step with the best evaluation ``metric`` (newest on ties), or None if no step has it.
+
+    ``metric`` and ``mode`` default to ``train.best_metric`` / ``train.best_mode`` of the run
+    that wrote the newest step.
+    """
+    directory = as_path(directory)
+    if metric is None or mode is None:
+        newest = latest_step(directory)
+        if newest is None:
+            return None
+        train_config = read_metadata(directory, newest).get("config", {}).get("train", {})
+        metric = metric or train_config.get("best_metric", TrainConfig.best_metric)
+        mode = mode or train_config.get("best_mode", TrainConfig.best_mode)
+    scored = [
+        (value, step)
+        for step, metrics in step_metrics(directory).items()
+        if (value := _metric_value(metrics, metric)) is not None
+    ]
+    if not scored:
+        return None
+    # Newest wins ties: sort by (value, step) and take the end that is best.
+    if mode == "min":
+        return min(scored, key=lambda item: (item[0], -item[1]))[1]
+    return max(scored, key=lambda item: (item[0], item[1]))[1]
+
+
+def step_metrics(directory: str | epath.PathLike) -> dict[int, dict[str, float] | None]:
+    """Evaluation metrics of every complete step (None where the step had no evaluation)."""
+    return {step: _read_metrics(as_path(directory) / str(step)) for step in all_steps(directory)}
+
+
+def _read_metrics(step_dir: epath.Path) -> dict[str, float] | None:
+    """Orbax's metrics file of a step; raises CheckpointError if it does not parse."""
+    path = step_dir / _ORBAX_METRICS_ITEM / _ORBAX_METRICS_ITEM
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(
+            f"checkpoint {step_dir} is unreadable: item '{_ORBAX_METRICS_ITEM}': {error}"
+        ) from error
+
+
+def read_metadata(directory: str | epath.PathLike, step: int | None = None) -> dict[str, Any]:
+    """The metadata of ``step`` (default: the newest): config, model_config, tokenizer, ..."""
+    return read_json_item(directory, METADATA, step)
+
+
+def read_history(directory: str | epath.PathLike, step: int | None = None) -> dict[str, Any]:
+    """Every train loss (one per step, from step 1) and evaluation up to ``step``."""
+    return read_json_item(directory, HISTORY, step)
+
+
+def read_json_item(
+    directory: str | epath.PathLike, item: str, step: int | None = None
+) -> dict[str, Any]:
+    """One JSON item (``metadata``, ``history``, ``data_iterator``) of ``step`` (default: the
+    newest)."""
+    directory, step = _resolve_step(as_path(directory), step, best=False)
+    return _read_json_item(directory, step, item)
+
+
+def restore_params(
+    directory: str | epath.PathLike,
+    step: int | None = None,
+    *,
+    best: bool = False,
+    sharding: jax.sharding.Sharding | jax.sharding.Mesh | Any | None = None,
+) -> tuple[dict, dict[str, Any]]:
+    """Restores the model params of one step, onto any devices: ``(params, metadata)``.
+
+    Args:
+      directory: a checkpoint directory (``<workdir>/checkpoints``), or one step directory in
+        it (``.../checkpoints/1200``).
+      step: which step; default the newest (or the best, with ``best=True``).
+      best: take the best step by the run's ``train.best_metric`` / ``train.best_mode``.
+      sharding: where the params go. None: one CPU device (what export needs). A
+        ``jax.sharding.Sharding``: every array. A ``Mesh``: replicated over it. A pytree of
+        shardings matching the params: per array. Whatever mesh the checkpoint was written
+        from, Orbax reads each array into the target layout.
+
+    The target tree (shapes, dtypes) comes from ``jax.eval_shape`` of the model the metadata
+    describes, so nothing is materialised before it is read, and a checkpoint that does not
+    match its own model config is an error.
+
+    Raises:
+      CheckpointError: no such step, or the step is incomplete or unreadable (the message
+        names the step directory and the item).
+    """
+    directory, step = _resolve_step(as_path(directory), step, best)
+    metadata = _read_json_item(directory, step, METADATA)
+    _check_metadata(metadata, directory / str(step), ("model_config",))
+    abstract = abstract_params(metadata["model_config"])
+    shardings = _param_shardings(abstract, sharding)
+    target = jax.tree.map(
+        lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=leaf_sharding
+        ),
+        abstract,
+        shardings,
+    )
+    with _read_only_manager(directory) as manager:
+        params = _restore_item(manager, directory, step, PARAMS, ocp.args.StandardRestore(target))
+    return params, metadata
+
+
+def abstract_params(model_config: Mapping[str, Any]) -> dict:
+    """``jax.ShapeDtypeStruct`` tree of the params of the BART a BartConfig dict describes."""
+    from transformers import BartConfig
+
+    from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
+    from kobart_flax.pretrained import init_params
+
+    bart_config = BartConfig.from_dict(dict(model_config))
+    module = BartForConditionalGenerationModule(BartSpec.from_hf_config(bart_config))
+    return jax.eval_shape(functools.partial(init_params, module), jax.random.key(0))
+
+
+def tokenizer_dir(directory: str | epath.PathLike) -> epath.Path:
+    """Where a checkpoint directory keeps its tokenizer (one copy for all steps)."""
+    directory = as_path(directory)
+    if directory.name.isdigit() and not (directory / TOKENIZER_DIR).exists():
+        directory = directory.parent  # a step directory was given
+    return directory / TOKENIZER_DIR
+
+
+def load_tokenizer(directory: str | epath.PathLike):
+    """The tokenizer saved with a checkpoint directory (copied locally first if on gs://)."""
+    from kobart_flax.tokenization import load_tokenizer as load
+
+    source = tokenizer_dir(directory)
+    if not source.exists():
+        raise CheckpointError(f"{source}: no tokenizer saved with this checkpoint directory")
+    if "://" not in str(source):
+        return load(str(source))
+    with tempfile.TemporaryDirectory() as local:
+        for file in source.iterdir():
+            (epath.Path(local) / file.name).write_bytes(file.read_bytes())
+        return load(local)
+
+
+def _resolve_step(directory: epath.Path, step: int | None, best: bool) -> tuple[epath.Path, int]:
+    """(checkpoint directory, step) from a checkpoint or step directory and step/best."""
+    if directory.name.isdigit() and (directory / METADATA).exists():
+        if step is not None and step != int(directory.name):
+            raise CheckpointError(f"{directory} is step {directory.name}, not step {step}")
+        return directory.parent, int(directory.name)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if step is None:
+        step = best_step(directory) if best else latest_step(directory)
+        if step is None:
+            what = "evaluated " if best and latest_step(directory) is not None else ""
+            raise CheckpointError(f"{directory}: no complete {what}checkpoint")
+    elif step not in all_steps(directory):
+        raise CheckpointError(
+            f"{directory}: no complete checkpoint for step {step} (found {all_steps(directory)})"
+        )
+    return directory, step
+
+
+def _param_shardings(abstract: dict, sharding: Any) -> Any:
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    if isinstance(sharding, jax.sharding.Mesh):
+        sharding = jax.sharding.NamedSharding(sharding, jax.sharding.PartitionSpec())
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda _: sharding, abstract)
+    return sharding
+
+
+@functools.cache
+def _read_only_options() -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+
+
+def _read_only_manager(directory: epath.Path) -> ocp.CheckpointManager:
+    try:
+        return ocp.CheckpointManager(directory, options=_read_only_options())
+    except Exception as error:
+        # Orbax reads every step's metrics when it opens a directory; name the broken step.
+        for step in all_steps(directory):
+            _read_metrics(directory / str(step))
+        raise CheckpointError(f"cannot open checkpoint directory {directory}: {error}") from error
+
+
+def _restore_item(
+    manager: ocp.CheckpointManager,
+    directory: epath.Path,
+    step: int,
+    item: str,
+    args: ocp.args.CheckpointArgs,
+) -> Any:
+    """One item of one step, with failures turned into a CheckpointError naming both."""
+    step_dir = directory / str(step)
+    if not (step_dir / item).exists():
+        raise CheckpointError(f"checkpoint {step_dir} is incomplete: item '{item}' is missing")
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+    except Exception as error:  # Orbax, tensorstore and json each raise their own types.
+        message = str(error).splitlines()[0] if str(error) else ""
+        if len(message) > 600:
+            message = message[:600] + " ..."
+        raise CheckpointError(
+            f"checkpoint {step_dir} is unreadable: item '{item}': {type(error).__name__}: {message}"
+        ) from error
+
+
+def _read_json_item(directory: epath.Path, step: int, item: str) -> dict[str, Any]:
+    with _read_only_manager(directory) as manager:
+        return _restore_item(manager, directory, step, item, ocp.args.JsonRestore())
+
+
+def _check_metadata(metadata: Any, step_dir: epath.Path, keys: tuple[str, ...]) -> None:
+    missing = [key for key in keys if not isinstance(metadata, dict) or key not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {step_dir} is unreadable: item 'metadata' lacks {', '.join(missing)}"
+        )
+
+
+def _metric_value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    if not metrics or name not in metrics:
+        return None
+    value = float(metrics[name])
+    return None if math.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------
+# The train state as Orbax stores it
+
+
+def state_to_items(state: steps.TrainState) -> tuple[dict, dict]:
+    """(params, rest): typed PRNG keys become their raw uint32 data, which Orbax stores."""
+    rest = {
+        "step": state.step,
+        "opt_state": state.opt_state,
+        "dropout_key": jax.random.key_data(state.dropout_key),
+    }
+    return state.params, rest
+
+
+def items_to_state(params: dict, rest: dict, key_impl: str) -> steps.TrainState:
+    return steps.TrainState(
+        step=rest["step"],
+        params=params,
+        opt_state=rest["opt_state"],
+        dropout_key=jax.random.wrap_key_data(rest["dropout_key"], impl=key_impl),
+    )
+
+
+def abstract_items(abstract_state: steps.TrainState) -> tuple[dict, dict]:
+    """``state_to_items`` of an abstract (ShapeDtypeStruct, with shardings) state."""
+    key = abstract_state.dropout_key
+    key_data = jax.eval_shape(jax.random.key_data, key)
+    key_data = jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=key.sharding)
+    return abstract_state.params, {
+        "step": abstract_state.step,
+        "opt_state": abstract_state.opt_state,
+        "dropout_key": key_data,
+    }
+
+
+def key_impl_name(key: jax.Array) -> str:
+    return str(jax.random.key_impl(key))
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: steps.TrainState
+    data_iterator: dict[str, Any]
+    history: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Writing (the training loop)
+
+
+class TrainCheckpointer:
+    """The training run's checkpoints: async saves, last-K plus best-K retention, resume.
+
+    Every host constructs one and calls ``save`` / ``restore_newest`` at the same steps
+    (Orbax synchronises the hosts and writes each array shard from the host that holds it).
+    Use it as a context manager, so the last async save is finished before the process exits.
+    """
+
+    def __init__(self, directory: str | epath.PathLike, train_config: TrainConfig):
+        self.directory = as_path(directory)
+        self._metric = train_config.best_metric
+        self._mode = train_config.best_mode
+        self._keep_best = train_config.keep_best
+        worst = math.inf if self._mode == "min" else -math.inf
+
+        def best_fn(metrics: Mapping[str, Any]) -> float:
+            value = _metric_value(metrics, self._metric)
+            return worst if value is None else value
+
+        # Before Orbax reads the steps' metrics: one unreadable metrics file would stop it.
+        self._move_aside_unreadable_steps()
+        policies: list[ocp.checkpoint_managers.PreservationPolicy] = [
+            ocp.checkpoint_managers.LatestN(train_config.keep_checkpoints)
+        ]
+        if train_config.keep_best:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=best_fn,
+                    # BestN keeps the end of an ascending sort; descending puts the lowest there.
+                    reverse=self._mode == "min",
+                    n=train_config.keep_best,
+                    # Steps without an evaluation are kept only as one of the newest K.
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn makes Orbax store the metrics passed to save() with each step.
+            best_fn=best_fn,
+            best_mode=self._mode,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,  # partial steps of a killed run
+            enable_async_checkpointing=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._save_seconds: list[float] = []
+
+    # -- saving
+
+    def save(
+        self,
+        step: int,
+        state: steps.TrainState,
+        *,
+        data_iterator: Mapping[str, Any],
+        history: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Starts an async save of ``step``; returns once the arrays are copied off the devices.
+
+        ``metrics`` (the evaluation at this step, if any) rank the step for best-K.
+        """
+        started = time.perf_counter()
+        params, rest = state_to_items(state)
+        metadata = {
+            **metadata,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "dropout_key_impl": key_impl_name(state.dropout_key),
+        }
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardSave(params),
+                    TRAIN_STATE: ocp.args.StandardSave(rest),
+                    DATA_ITERATOR: ocp.args.JsonSave(dict(data_iterator)),
+                    HISTORY: ocp.args.JsonSave(dict(history)),
+                    METADATA: ocp.args.JsonSave(metadata),
+                }
+            ),
+            metrics=dict(metrics) if metrics else None,
+            # When to save is the training loop's decision (interval, evals, end, preemption).
+            force=True,
+        )
+        seconds = time.perf_counter() - started
+        self._save_seconds.append(seconds)
+        logger.info("checkpoint step %d: writing in the background (blocked %.2fs)", step, seconds)
+
+    def save_tokenizer(self, tokenizer) -> None:
+        """Writes the tokenizer files once per checkpoint directory (process 0)."""
+        target = self.directory / TOKENIZER_DIR
+        if jax.process_index() == 0 and not target.exists():
+            staging = self.directory / f"{TOKENIZER_DIR}.tmp"
+            if staging.exists():
+                staging.rmtree()
+            staging.mkdir(parents=True)
+            with tempfile.TemporaryDirectory() as local:
+                tokenizer.save_pretrained(local)
+                for file in Path(local).iterdir():
+                    (staging / file.name).write_bytes(file.read_bytes())
+            staging.rename(target)  # readers see all files or none
+        _sync_hosts("kobart_flax_checkpoint_tokenizer")
+
+    def wait_until_finished(self) -> None:
+        self._manager.wait_until_finished()
+
+    @property
+    def save_seconds(self) -> list[float]:
+        """Blocking time of each save of this run (device-to-host copy, not the writing)."""
+        return list(self._save_seconds)
+
+    # -- reading
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(
+        self, step: int, abstract_state_for: Callable[[dict[str, Any]], steps.TrainState]
+    ) -> Restored:
+        """Restores ``step``; ``abstract_state_for(metadata)`` gives the target state layout
+        (``jax.ShapeDtypeStruct`` leaves with the shardings to restore onto)."""
+        directory = self.directory
+        read = functools.partial(_restore_item, self._manager, directory, step)
+        metadata = read(METADATA, ocp.args.JsonRestore())
+        _check_metadata(metadata, directory / str(step), ("model_config", "dropout_key_impl"))
+        abstract_state = abstract_state_for(metadata)
+        abstract_params_tree, abstract_rest = abstract_items(abstract_state)
+        params = read(PARAMS, ocp.args.StandardRestore(abstract_params_tree))
+        rest = read(TRAIN_STATE, ocp.args.StandardRestore(abstract_rest))
+        data_iterator = read(DATA_ITERATOR, ocp.args.JsonRestore())
+        history = read(HISTORY, ocp.args.JsonRestore())
+        state = items_to_state(params, rest, metadata["dropout_key_impl"])
+        if int(state.step) != step:
+            raise CheckpointError(
+                f"checkpoint {directory / str(step)} holds a train state at step "
+                f"{int(state.step)}, not {step}"
+            )
+        return Restored(step, state, data_iterator, history, metadata)
+
+    def restore_newest(
+        self, abstract_state_for: Callable[[dict[str, Any]], steps.TrainState]
+    ) -> Restored | None:
+        """Resume step 1: the newest step that restores; unreadable ones are moved aside."""
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(step, abstract_state_for)
+            except CheckpointError as error:
+                logger.warning("%s; falling back to the previous checkpoint", error)
+                self._move_aside(step)
+        return None
+
+    # -- damaged steps
+
+    def _move_aside_unreadable_steps(self) -> None:
+        """Moves aside steps whose items are missing or whose JSON does not parse.
+
+        Arrays are checked when they are restored (``restore_newest``); this catches what
+        would stop ``ocp.CheckpointManager`` from even opening the directory.
+        """
+        for step in all_steps(self.directory):
+            step_dir = self.directory / str(step)
+            problem = None
+            for item in ITEMS:
+                if not (step_dir / item).exists():
+                    problem = f"item '{item}' is missing"
+                    break
+            if problem is not None:
+                logger.warning("checkpoint %s is incomplete: %s", step_dir, problem)
+                self._move_aside(step, reload=False)
+                continue
+            try:
+                _read_metrics(step_dir)
+            except CheckpointError as error:
+                logger.warning("%s", error)
+                self._move_aside(step, reload=False)
+
+    def _move_aside(self, step: int, reload: bool = True) -> None:
+        """Keeps a damaged step for inspection, out of the way of the steps to come."""
+        source = self.directory / str(step)
+        target = self.directory / CORRUPTED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+            logger.warning("moved %s to %s", source, target)
+        _sync_hosts(f"kobart_flax_checkpoint_move_aside_{step}")
+        if reload:
+            self._manager.reload()
+
+    # -- lifetime
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> TrainCheckpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _sync_hosts(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------------------
+# Preemption
+
+
+class PreemptionWatcher:
+    """Says after which step to save and stop, once a preemption notice (SIGTERM) came.
+
+    Call ``reached(step)`` after every step, on every host; a context manager.
+
+    On a pod (``jax.process_count() > 1``) JAX's preemption service, started by
+    ``jax.distributed.initialize``, owns SIGTERM: when any host gets one, the hosts agree
+    on a step (the highest any has reached, plus one), and
+    ``multihost_utils.reached_preemption_sync_point(step)`` is True on every host at that
+    same step, so all of them enter the collective save together. That service only exists
+    with a distributed runtime: in a single process (CPU, tests, a one-host TPU VM without
+    ``jax.distributed``) the sync point is always False and nothing listens for SIGTERM, so
+    here a Python handler sets a flag and the loop saves after the step in progress (with one
+    process, "the same step on every host" holds trivially). Handlers are main-thread only:
+    elsewhere a single process gets no preemption handling, with a warning.
+    """
+
+    def __init__(self):
+        self._use_jax_service = jax.process_count() > 1
+        self._notice = threading.Event()
+        self._previous_handler: Any = None
+        self._installed = False
+
+    def __enter__(self) -> PreemptionWatcher:
+        if self._use_jax_service:
+            if not jax.config.jax_enable_preemption_service:
+                logger.warning(
+                    "jax_enable_preemption_service is off: a preempted pod will not checkpoint"
+                )
+        elif threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        else:
+            logger.warning("training outside the main thread: SIGTERM will not checkpoint")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._installed = False
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._notice.is_set():
+            logger.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
+        self._notice.set()
+
+    def reached(self, step: int) -> bool:
+        if self._use_jax_service:
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the service is disabled
+                return False
+        return self._notice.is_set()

@@ -1,0 +1,291 @@
+"""The demo's handlers, called directly and through its API with gradio_client.
+
+A tiny random model with the bundled tokenizer stands in for a trained one: the tests check
+what the page does with text (token counts, truncation, errors, files), not summary quality.
+"""
+
+import csv
+import re
+import socket
+import sys
+import types
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from transformers import BartConfig
+
+from kobart_flax import FlaxBartForConditionalGeneration
+from kobart_flax.data_io import DataError, read_examples
+from kobart_flax.demo import (
+    QUICKSTART_MODEL,
+    SUMMARIZER_CACHE_SIZE,
+    GenerationControls,
+    ModelUnavailable,
+    SummaryService,
+    build_demo,
+    load_checkpoint,
+    load_model,
+    main,
+    parse_args,
+    read_articles,
+)
+from kobart_flax.tokenization import load_tokenizer
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+# One set of settings for every test: each new combination compiles, seconds on a CPU.
+CONTROLS = (2, 10, 1.0, 0)
+# A single source bucket, so one program serves every article.
+MAX_SOURCE_LENGTH = 64
+ENGLISH = "The city council approved a new budget for public libraries on Monday evening."
+
+
+def save_tiny_model(directory: Path) -> Path:
+    """A random 2-layer BART with the bundled tokenizer, saved as a model directory."""
+    tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=1026,
+        init_std=0.2,  # large enough that the output depends on the input
+        pad_token_id=3,
+        bos_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=1,
+    )
+    FlaxBartForConditionalGeneration(config, seed=3).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def demo_articles() -> list[str]:
+    return [example.news for example in read_examples(str(SAMPLE / "demo_articles.tsv"))]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> SummaryService:
+    model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    # Batch size 1 for files too: the same compiled program as single articles.
+    service = SummaryService(load_model(str(model_dir)), MAX_SOURCE_LENGTH, file_batch_size=1)
+    service.warm_up(GenerationControls.from_ui(*CONTROLS))
+    return service
+
+
+@pytest.fixture
+def failing_generation(service, monkeypatch):
+    """The next generation with CONTROLS raises, as a device or XLA failure would."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    summarizer = service.summarizer(GenerationControls.from_ui(*CONTROLS), batch_size=1)
+    monkeypatch.setattr(summarizer, "summarize", fail)
+    return monkeypatch
+
+
+def write_articles(path: Path, rows: list[tuple[str, ...]], delimiter: str) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as file:
+        csv.writer(file, delimiter=delimiter, lineterminator="\n").writerows(rows)
+    return path
+
+
+def test_the_first_request_after_warm_up_does_not_compile(service):
+    summary, note = service.summarize_article(demo_articles()[0], *CONTROLS)
+    assert summary.strip()
+    assert "Input: " in note and " tokens." in note
+    assert "Generated in " in note
+    assert "compiling" not in note
+
+
+def test_new_settings_compile_once(service):
+    shorter = (CONTROLS[0], CONTROLS[1] - 1, *CONTROLS[2:])
+    assert "compiling" in service.summarize_article(ENGLISH, *shorter)[1]
+    assert "compiling" not in service.summarize_article(ENGLISH, *shorter)[1]
+
+
+@pytest.mark.parametrize("article", ["", "  \n\t", None])
+def test_an_empty_article_gets_a_message(service, article):
+    summary, note = service.summarize_article(article, *CONTROLS)
+    assert summary == ""
+    assert "Paste or type an article" in note
+
+
+def test_a_long_article_is_truncated_with_a_notice(service):
+    short, long = demo_articles()[0][:40], " ".join(demo_articles())
+    assert "Truncated" not in service.summarize_article(short, *CONTROLS)[1]
+    summary, note = service.summarize_article(long, *CONTROLS)
+    assert summary
+    assert f"**Truncated**: the model reads at most {MAX_SOURCE_LENGTH} tokens" in note
+
+
+def test_non_korean_text_is_summarized(service):
+    summary, note = service.summarize_article(ENGLISH, *CONTROLS)
+    assert isinstance(summary, str)
+    assert "Input: " in note
+
+
+def test_an_empty_summary_is_explained(service, monkeypatch):
+    summarizer = service.summarizer(GenerationControls.from_ui(*CONTROLS), batch_size=1)
+    monkeypatch.setattr(summarizer, "summarize", lambda params, texts, progress: [""])
+    summary, note = service.summarize_article(ENGLISH, *CONTROLS)
+    assert summary == ""
+    assert "The model generated no text, only the end of the sequence. Generated in" in note
+
+
+def test_a_failed_request_shows_an_error_and_the_next_one_works(service, failing_generation):
+    with pytest.raises(gr.Error, match="Summarization failed: RuntimeError: device lost"):
+        service.summarize_article(ENGLISH, *CONTROLS)
+    failing_generation.undo()
+    assert service.summarize_article(ENGLISH, *CONTROLS)[0]
+
+
+def test_invalid_settings_are_an_error_not_a_crash(service):
+    with pytest.raises(gr.Error, match="num_beams must be >= 1"):
+        service.summarize_article(ENGLISH, 0, 10, 1.0, 0)
+
+
+def test_summarizers_are_cached_per_settings_and_bounded(service):
+    fresh = SummaryService(service.loaded, MAX_SOURCE_LENGTH)  # not the shared, compiled cache
+    first = fresh.summarizer(GenerationControls(num_beams=1), batch_size=1)
+    assert fresh.summarizer(GenerationControls(num_beams=1), batch_size=1) is first
+    for max_new_tokens in range(8, 8 + SUMMARIZER_CACHE_SIZE):
+        fresh.summarizer(GenerationControls(max_new_tokens=max_new_tokens), batch_size=1)
+    assert len(fresh._summarizers) == SUMMARIZER_CACHE_SIZE
+    assert fresh.summarizer(GenerationControls(num_beams=1), batch_size=1) is not first
+
+
+def test_a_tsv_and_a_csv_give_the_same_predictions_in_order(service, tmp_path):
+    examples = read_examples(str(SAMPLE / "test.tsv"))[:3]
+    rows = [("news", "summary"), *((e.news, e.summary) for e in examples)]
+    results = {}
+    for delimiter, suffix in (("\t", ".tsv"), (",", ".csv")):
+        path = write_articles(tmp_path / f"articles{suffix}", rows, delimiter)
+        note, preview, output = service.summarize_file(str(path), *CONTROLS)
+        assert note.startswith("Summarized 3 articles in ")
+        assert [row[1] for row in preview] == [row["prediction"] for row in read_rows(output)]
+        results[suffix] = read_rows(output)
+    assert results[".tsv"] == results[".csv"]
+    assert [row["news"] for row in results[".tsv"]] == [e.news for e in examples]
+    assert [row["reference"] for row in results[".tsv"]] == [e.summary for e in examples]
+    assert all(row["prediction"] for row in results[".tsv"])
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as file:
+        return list(csv.DictReader(file, delimiter="\t"))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("news",), ("첫 기사",), ("  ",)], ":3: empty 'news'"),
+        ([("article", "summary"), ("기사", "요약")], ":1: expected a header row with exactly"),
+        ([("news", "summary"), ("기사", "요약", "덤")], ":2: expected 2 columns (news, summary)"),
+        ([("news",)], ":1: no examples"),
+    ],
+)
+def test_csv_errors_read_like_tsv_errors(tmp_path, rows, message):
+    for delimiter, suffix in (("\t", ".tsv"), (",", ".csv")):
+        path = write_articles(tmp_path / f"articles{suffix}", rows, delimiter)
+        with pytest.raises(DataError, match=re.escape(f"{path}{message}")):
+            read_articles(str(path))
+
+
+def test_a_bad_file_is_named_without_the_upload_directory(service, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"news\n\xff\xfe broken\n")
+    with pytest.raises(gr.Error) as raised:
+        service.summarize_file(str(path), *CONTROLS)
+    assert raised.value.message == "bad.csv:2: invalid UTF-8"
+    assert "Upload a .tsv or .csv" in service.summarize_file(None, *CONTROLS)[0]
+
+
+def test_a_missing_quickstart_model_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable, match="python train_flax.py --config configs/tiny.py"):
+        load_model(QUICKSTART_MODEL)
+    assert main(["--model", str(tmp_path / "no" / "model")]) == 2
+
+
+def test_checkpoint_is_not_available_until_checkpoint_restores(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", types.ModuleType("checkpoint"))
+    with pytest.raises(ModelUnavailable, match="--checkpoint is not available yet"):
+        load_checkpoint("runs/tiny/checkpoints")
+    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", None)  # cannot be imported
+    with pytest.raises(ModelUnavailable, match="--checkpoint is not available yet"):
+        load_checkpoint("runs/tiny/checkpoints")
+
+
+def test_checkpoint_loads_params_and_tokenizer_through_restore_params(service, monkeypatch):
+    model = service.loaded.model
+    fake = types.ModuleType("checkpoint")
+    fake.restore_params = lambda directory: (model.params, {"model_config": model.config.to_dict()})
+    fake.load_tokenizer = lambda directory: service.loaded.tokenizer
+    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", fake)
+    loaded = load_checkpoint("runs/tiny/checkpoints")
+    assert loaded.model.params is model.params
+    assert loaded.model.config.d_model == model.config.d_model
+    assert loaded.source == "runs/tiny/checkpoints"
+
+    def missing(directory):
+        raise RuntimeError(f"{directory}: no such checkpoint directory")
+
+    fake.restore_params = missing
+    with pytest.raises(ModelUnavailable, match="no such checkpoint directory"):
+        load_checkpoint("runs/tiny/checkpoints")
+
+
+def test_the_server_binds_localhost_unless_told_otherwise():
+    args = parse_args([])
+    assert (args.host, args.share, args.model) == ("127.0.0.1", False, QUICKSTART_MODEL)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    demo = build_demo(service)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True)
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_api_summarizes_an_article(client):
+    summary, note = client.predict(demo_articles()[1], *CONTROLS, api_name="/summarize")
+    assert summary.strip()
+    assert "Input: " in note
+
+
+def test_api_keeps_serving_after_a_failed_request(client, failing_generation):
+    with pytest.raises(AppError, match="Summarization failed: RuntimeError: device lost"):
+        client.predict(ENGLISH, *CONTROLS, api_name="/summarize")
+    failing_generation.undo()
+    assert client.predict(ENGLISH, *CONTROLS, api_name="/summarize")[0]
+    assert "Paste or type" in client.predict("", *CONTROLS, api_name="/summarize")[1]
+
+
+def test_api_summarizes_a_file_for_download(client, tmp_path):
+    examples = read_examples(str(SAMPLE / "test.tsv"))[:2]
+    rows = [("news",), *((e.news,) for e in examples)]
+    path = write_articles(tmp_path / "articles.csv", rows, ",")
+    note, preview, output = client.predict(
+        handle_file(str(path)), *CONTROLS, api_name="/summarize_file"
+    )
+    assert note.startswith("Summarized 2 articles")
+    assert Path(output).name == "articles.predictions.tsv"
+    predictions = [row["prediction"] for row in read_rows(output)]
+    assert [row[1] for row in preview["data"]] == predictions
