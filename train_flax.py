@@ -3,26 +3,58 @@
     python train_flax.py --config configs/tiny.py                 # CPU, offline, bundled data
     python train_flax.py --config configs/kobart_base.py train.workdir=gs://bucket/run1
 
-Any config field can be overridden as ``section.field=value``.
+Any config field can be overridden as ``section.field=value``. On a TPU VM pod, run the
+same command on every worker (``scripts/tpu_pod.py`` does); elsewhere, processes join with
+``--coordinator HOST:PORT --num_processes N --process_id I`` (see
+:mod:`kobart_flax.distributed` and ``scripts/simulate_pod.py``).
 """
 
+import argparse
 import logging
 import sys
 
+import jax
+
+from kobart_flax import distributed
 from kobart_flax.config import ConfigError, parse_args
 from kobart_flax.data_io import DataError
 from kobart_flax.train import train_and_evaluate
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
+
+def split_cluster_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(the multi-process flags, the rest: --config and overrides)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    distributed.add_arguments(parser)
+    return parser.parse_known_args(argv)
+
+
+def log_per_process() -> None:
+    """On a pod, process 0 tells the story; every other host reports only problems."""
+    if jax.process_count() == 1:
+        return
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(
+            logging.Formatter(f"[process {jax.process_index()}] {LOG_FORMAT}", LOG_DATE_FORMAT)
+        )
+    if jax.process_index() != 0:
+        root.setLevel(logging.WARNING)
+
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-    )
-    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+    cluster_args, config_args = split_cluster_args(argv)
+    config = parse_args(config_args)
     try:
+        # Before anything else touches JAX: the cluster decides which devices exist.
+        distributed.initialize(distributed.options_from(cluster_args))
+        log_per_process()
         train_and_evaluate(config)
-    except (ConfigError, DataError) as error:
-        # Bad input is the user's to fix: one clear line, not a traceback.
+    except (ConfigError, DataError, distributed.DistributedError) as error:
+        # Bad input or a wrong launch is the user's to fix: one clear line, not a traceback.
         logging.error("%s", error)
         return 2
     return 0

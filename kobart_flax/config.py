@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ POSITION_OFFSET = 2
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BAD_ROW_POLICIES = ("error", "skip")
 BEST_MODES = ("min", "max")
+# The device mesh's axes, outermost first; MeshConfig has a size for each.
+MESH_AXES = ("data", "fsdp", "tensor")
+ROUGE_TOKENIZATIONS = ("mecab", "whitespace", "character")  # see kobart_flax.metrics
 
 
 class ConfigError(ValueError):
@@ -87,6 +91,42 @@ class TrainConfig:
     # Params-only warm start from another run's checkpoint directory (its newest step) or
     # one step directory in it; used only when <workdir>/checkpoints has nothing to resume.
     init_checkpoint: str | None = None
+    # ROUGE of generated summaries, at the evaluations whose step is a multiple of this
+    # (and at the end); 0 = off. Reported as rouge1 / rouge2 / rougeL (F1, mean over examples).
+    rouge_every: int = 0
+    rouge_examples: int = 0  # the first N eval examples; 0 = all
+    rouge_tokenization: str = "mecab"  # "mecab" (the Dacon metric) | "whitespace" | "character"
+    # Stop after this many evaluations without a better best_metric; 0 = never.
+    early_stopping_patience: int = 0
+
+
+@dataclass
+class DecodingConfig:
+    """How summaries are generated: ROUGE during training, and the exported defaults."""
+
+    num_beams: int = 4  # the original project decoded with beam 4-5
+    max_length: int = 128  # summary tokens + the start token
+    min_length: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 32  # articles per generate call
+
+
+@dataclass
+class MeshConfig:
+    """The device mesh (kobart_flax.sharding): data x fsdp x tensor = the device count.
+
+    data: replicated params, split batch. fsdp: split batch, and params and optimizer state
+    split too (gathered per layer). tensor: attention heads, FFN and vocabulary split inside
+    each layer; innermost, so within a host. One size may be -1: it takes the rest.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # The topology the config was written for, checked at start-up; 0 = any.
+    expected_processes: int = 0
+    expected_devices: int = 0
 
 
 @dataclass
@@ -94,6 +134,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 def _section_names() -> list[str]:
@@ -230,6 +272,32 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 # ---------------------------------------------------------------------------------------
+# Mesh
+
+
+def mesh_axis_sizes(mesh: MeshConfig, device_count: int | None) -> dict[str, int]:
+    """{"data": .., "fsdp": .., "tensor": ..} on ``device_count`` devices (-1 takes the rest).
+
+    Without a device count, only checks the sizes and leaves a -1 as it is.
+    """
+    sizes = {name: getattr(mesh, name) for name in MESH_AXES}
+    described = " x ".join(f"mesh.{name}={size}" for name, size in sizes.items())
+    if any(size == 0 or size < -1 for size in sizes.values()):
+        raise ConfigError(f"{described}: each size must be positive, or -1 for the rest")
+    filled = [name for name, size in sizes.items() if size == -1]
+    if len(filled) > 1:
+        raise ConfigError(f"{described}: at most one size may be -1")
+    if device_count is None:
+        return sizes
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if device_count % fixed or (not filled and fixed != device_count):
+        raise ConfigError(f"{described} does not fit {device_count} devices")
+    for name in filled:
+        sizes[name] = device_count // fixed
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------
 # Validation
 
 
@@ -341,7 +409,11 @@ def _check_data(data: DataConfig, max_positions: int, problems: list[str]) -> No
 
 
 def _check_train(
-    train: TrainConfig, device_count: int | None, process_count: int, problems: list[str]
+    train: TrainConfig,
+    device_count: int | None,
+    process_count: int,
+    problems: list[str],
+    batch_shards: int | None = None,
 ) -> None:
     if not train.workdir:
         problems.append("train.workdir: must not be empty")
@@ -362,6 +434,9 @@ def _check_train(
         "eval_max_batches",
         "checkpoint_every",
         "keep_best",
+        "rouge_every",
+        "rouge_examples",
+        "early_stopping_patience",
     ):
         if getattr(train, name) < 0:
             problems.append(f"train.{name}={getattr(train, name)}: must be >= 0")
@@ -374,6 +449,15 @@ def _check_train(
         problems.append("train.best_metric: must not be empty")
     if train.best_mode not in BEST_MODES:
         problems.append(f"train.best_mode={train.best_mode!r}: must be one of {BEST_MODES}")
+    if train.rouge_tokenization not in ROUGE_TOKENIZATIONS:
+        problems.append(
+            f"train.rouge_tokenization={train.rouge_tokenization!r}: must be one of "
+            f"{ROUGE_TOKENIZATIONS}"
+        )
+    if train.early_stopping_patience and not train.eval_every:
+        problems.append(
+            "train.early_stopping_patience: needs train.eval_every > 0 (it counts evaluations)"
+        )
     if train.init_checkpoint is not None and not train.init_checkpoint.strip():
         problems.append("train.init_checkpoint: must be None or a checkpoint directory")
     if not 0.0 <= train.warmup_ratio <= 1.0:
@@ -390,12 +474,19 @@ def _check_train(
         )
         return
     micro_batch = train.batch_size // train.grad_accum_steps
-    # Each micro-batch is sharded over every device along the batch axis.
-    if device_count is not None and micro_batch % device_count != 0:
+    # Each micro-batch is split over the batch shards (mesh.data x mesh.fsdp): one per
+    # device, unless tensor parallelism makes a group of devices share one.
+    shards = device_count if batch_shards is None else batch_shards
+    if shards is not None and micro_batch % shards != 0:
+        over = (
+            f"{shards} devices"
+            if shards == device_count
+            else f"{shards} batch shards (mesh.data x mesh.fsdp)"
+        )
         problems.append(
             f"train.batch_size={train.batch_size} with grad_accum_steps="
             f"{train.grad_accum_steps} gives {micro_batch} examples per micro-batch, "
-            f"not divisible by {device_count} devices"
+            f"not divisible by {over}"
         )
     # Each host reads an equal slice of the global batch.
     if train.batch_size % process_count != 0:
@@ -422,8 +513,46 @@ def validate(config: Config, device_count: int | None = None, process_count: int
     max_positions = config.model.max_position_embeddings - POSITION_OFFSET
     _check_model(config.model, problems)
     _check_data(config.data, max_positions, problems)
-    _check_train(config.train, device_count, process_count, problems)
+    batch_shards = _check_mesh(config.mesh, config.model, device_count, problems)
+    _check_train(config.train, device_count, process_count, problems, batch_shards)
+    _check_decoding(config.decoding, problems)
     _raise_if_any(problems)
+
+
+def _check_mesh(
+    mesh: MeshConfig, model: ModelConfig, device_count: int | None, problems: list[str]
+) -> int | None:
+    """Checks the mesh against the model and devices; returns mesh.data x mesh.fsdp if known."""
+    for name in ("expected_processes", "expected_devices"):
+        if getattr(mesh, name) < 0:
+            problems.append(f"mesh.{name}={getattr(mesh, name)}: must be >= 0 (0 = any)")
+    if mesh.tensor > 1:
+        # Tensor parallelism splits whole heads, FFN columns and vocabulary rows.
+        for name in ("attention_heads", "ffn_dim", "vocab_size"):
+            if getattr(model, name) % mesh.tensor:
+                problems.append(
+                    f"mesh.tensor={mesh.tensor}: does not divide model.{name}="
+                    f"{getattr(model, name)}"
+                )
+    try:
+        sizes = mesh_axis_sizes(mesh, device_count)
+    except ConfigError as error:
+        problems.append(str(error))
+        return None
+    return None if device_count is None else sizes["data"] * sizes["fsdp"]
+
+
+def _check_decoding(decoding: DecodingConfig, problems: list[str]) -> None:
+    for name in ("num_beams", "batch_size"):
+        if getattr(decoding, name) <= 0:
+            problems.append(f"decoding.{name}={getattr(decoding, name)}: must be positive")
+    for name in ("min_length", "no_repeat_ngram_size"):
+        if getattr(decoding, name) < 0:
+            problems.append(f"decoding.{name}={getattr(decoding, name)}: must be >= 0")
+    if decoding.max_length < 2:
+        problems.append(
+            f"decoding.max_length={decoding.max_length}: must be >= 2 (start token + one)"
+        )
 
 
 def _raise_if_any(problems: list[str]) -> None:

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 VERIFY_TOLERANCE = 1e-3  # max abs logit difference, float32
-# Used when the run's config has no generation section: the original project's beam 4.
-DEFAULT_GENERATION = {"num_beams": 4, "max_length": 128, "length_penalty": 1.0}
+# For checkpoints whose config predates the decoding section: the original project's beam 4.
+DEFAULT_DECODING = {"num_beams": 4, "max_length": 128, "length_penalty": 1.0}
 
 
 class ExportError(RuntimeError):
@@ -53,7 +53,8 @@ def hf_config(model_config: Mapping[str, Any], tokenizer) -> BartConfig:
 
 
 def generation_config(config: BartConfig, run_config: Mapping[str, Any]) -> GenerationConfig:
-    settings = {**DEFAULT_GENERATION, **run_config.get("generation", {})}
+    """The run's ``decoding`` settings (what its ROUGE evaluation used) as transformers'."""
+    settings = {**DEFAULT_DECODING, **run_config.get("decoding", {})}
     return GenerationConfig(
         num_beams=settings["num_beams"],
         max_length=settings["max_length"],

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from transformers import BartConfig
 
-from kobart_flax import batching, checkpoint, optim, sharding, steps
+from kobart_flax import batching, checkpoint, distributed, optim, sharding, steps
 from kobart_flax.config import (
     Config,
     ConfigError,
@@ -38,9 +38,10 @@ from kobart_flax.config import (
     config_to_dict,
     validate,
 )
-from kobart_flax.data_io import DataError, read_examples
+from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
+from kobart_flax.rouge_eval import ROUGE_METRICS, RougeEvaluator
 from kobart_flax.tokenization import EncodedExample, encode_examples, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class TrainResult:
     model: FlaxBartForConditionalGeneration  # holds the final params
     start_step: int = 0  # the step this run resumed from (0 = a fresh start)
     preempted: bool = False  # stopped by a preemption notice, after saving a checkpoint
+    # (step, every metric) per evaluation: eval_loss, and rouge1/2/L where ROUGE ran.
+    evaluations: list[tuple[int, dict[str, float]]] = dataclasses.field(default_factory=list)
 
 
 def build_model(model_config: ModelConfig, tokenizer) -> FlaxBartForConditionalGeneration:
@@ -104,11 +107,18 @@ def build_model(model_config: ModelConfig, tokenizer) -> FlaxBartForConditionalG
 
 
 def load_encoded(path: str, config: Config, tokenizer) -> list[EncodedExample]:
+    return encode_examples(
+        tokenizer,
+        load_examples(path, config),
+        config.data.max_source_length,
+        config.data.max_target_length,
+    )
+
+
+def load_examples(path: str, config: Config) -> list[Example]:
     examples = read_examples(path, config.data.bad_rows)
     logger.info("read %d examples from %s", len(examples), path)
-    return encode_examples(
-        tokenizer, examples, config.data.max_source_length, config.data.max_target_length
-    )
+    return examples
 
 
 def _state_factory(
@@ -138,7 +148,7 @@ def create_sharded_state(
     make_state = _state_factory(model, optimizer, seed)
     host_params = model.params or None
     state_shape = jax.eval_shape(make_state, host_params)
-    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state_shape)
+    state_sharding = sharding.state_shardings(state_shape, mesh)
     state = jax.jit(make_state, out_shardings=state_sharding)(host_params)
     return state, state_sharding
 
@@ -152,7 +162,7 @@ def abstract_sharded_state(
     """(ShapeDtypeStructs carrying the target shardings, shardings) of the train state:
     the layout a checkpoint is restored into, whatever mesh wrote it."""
     state_shape = jax.eval_shape(_state_factory(model, optimizer, seed), None)
-    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state_shape)
+    state_sharding = sharding.state_shardings(state_shape, mesh)
     abstract = jax.tree.map(
         lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(
             leaf.shape, leaf.dtype, sharding=leaf_sharding
@@ -282,7 +292,7 @@ def resume_position(
 
 def eval_metric_names(config: Config) -> tuple[str, ...]:
     """What an evaluation reports; ``train.best_metric`` must be one of these."""
-    return (EVAL_LOSS,)
+    return (EVAL_LOSS, *ROUGE_METRICS) if config.train.rouge_every else (EVAL_LOSS,)
 
 
 def check_best_metric(config: Config) -> None:
@@ -295,13 +305,18 @@ def check_best_metric(config: Config) -> None:
 
 
 def train_and_evaluate(config: Config) -> TrainResult:
+    # The topology first: on the wrong one, every later error would mislead.
+    distributed.check_topology(config.mesh.expected_processes, config.mesh.expected_devices)
     validate(config, device_count=jax.device_count(), process_count=jax.process_count())
     check_best_metric(config)
     train_config, data_config = config.train, config.data
 
     tokenizer = load_tokenizer(config.model.tokenizer)
     train_examples = load_encoded(data_config.train_path, config, tokenizer)
-    eval_examples = load_encoded(data_config.eval_path, config, tokenizer)
+    raw_eval_examples = load_examples(data_config.eval_path, config)
+    eval_examples = encode_examples(
+        tokenizer, raw_eval_examples, data_config.max_source_length, data_config.max_target_length
+    )
     steps_per_epoch = batching.num_train_batches(len(train_examples), train_config.batch_size)
     if steps_per_epoch == 0:
         raise DataError(
@@ -318,7 +333,7 @@ def train_and_evaluate(config: Config) -> TrainResult:
     optimizer = optim.make_optimizer(
         schedule, train_config.weight_decay, train_config.max_grad_norm
     )
-    mesh = sharding.make_data_mesh()
+    mesh = sharding.mesh_from_config(config.mesh)
     # The watcher outlives the checkpointer, whose close waits for the last async save: a
     # SIGTERM from startup until the final write is on disk only asks for a clean stop.
     with (
@@ -343,6 +358,9 @@ def train_and_evaluate(config: Config) -> TrainResult:
             eval_examples,
             steps_per_epoch,
             total_steps,
+            RougeEvaluator(start.model, tokenizer, config, raw_eval_examples)
+            if train_config.rouge_every
+            else None,
         )
         if result.preempted:
             checkpointer.wait_until_finished()
@@ -373,6 +391,7 @@ def _train_loop(
     eval_examples: Sequence[EncodedExample],
     steps_per_epoch: int,
     total_steps: int,
+    rouge_evaluator: RougeEvaluator | None,
 ) -> TrainResult:
     train_config, data_config = config.train, config.data
     model, state, state_sharding = start.model, start.state, start.state_sharding
@@ -418,13 +437,16 @@ def _train_loop(
         process_count=process_count,
     )
 
-    def evaluate(params) -> dict[str, float]:
-        """Metrics by name (see eval_metric_names); the hook that generation-based ROUGE
-        extends."""
+    def evaluate(params, step: int) -> dict[str, float]:
+        """Metrics by name (see eval_metric_names)."""
         batches = batching.eval_batches(eval_examples, **batch_options)
         if train_config.eval_max_batches:
             batches = itertools.islice(batches, train_config.eval_max_batches)
-        return {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
+        metrics = {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
+        if rouge_evaluator is not None and rouge_evaluator.due(step, total_steps):
+            # Generation runs on each host alone, on a whole copy of the params.
+            metrics.update(rouge_evaluator(sharding.local_replica(params, mesh)))
+        return metrics
 
     def epoch_batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
         return batching.train_batches(
@@ -464,6 +486,10 @@ def _train_loop(
         )
 
     preempted = False
+    if no_recent_improvement(train_config, evaluations):
+        # The run this resumes had stopped early: stopping again is what it decided.
+        logger.info("early stopping had ended this run at step %d", step)
+        total_steps = step
     if step >= total_steps:
         logger.info("training already finished: checkpoint step %d of %d", step, total_steps)
     with MetricsLogger(
@@ -488,11 +514,19 @@ def _train_loop(
                     if (train_config.eval_every and step % train_config.eval_every == 0) or (
                         step == total_steps
                     ):
-                        eval_metrics = evaluate(state.params)
+                        eval_metrics = evaluate(state.params, step)
                         evaluations.append((step, eval_metrics))
                         metrics_logger.log_eval(
                             step, {k.removeprefix("eval_"): v for k, v in eval_metrics.items()}
                         )
+                        if no_recent_improvement(train_config, evaluations):
+                            logger.info(
+                                "early stopping at step %d: no better %s in %d evaluations",
+                                step,
+                                train_config.best_metric,
+                                train_config.early_stopping_patience,
+                            )
+                            total_steps = step
                     # Every host, every step: on a pod this is where the hosts agree to stop.
                     preempted = preemption.reached(step)
                     if preempted or should_checkpoint(
@@ -506,11 +540,36 @@ def _train_loop(
         # Preempted between two log steps.
         train_losses.extend(float(m["loss"]) for m in jax.device_get(pending))
 
-    model.params = state.params
+    # Whole params on every host (they may be split across hosts): saving and using the
+    # final model happen on one host.
+    model.params = sharding.local_replica(state.params, mesh)
     eval_losses = [(s, metrics[EVAL_LOSS]) for s, metrics in evaluations]
     return TrainResult(
-        train_losses, eval_losses, state, model, start_step=start.step, preempted=preempted
+        train_losses,
+        eval_losses,
+        state,
+        model,
+        start_step=start.step,
+        preempted=preempted,
+        evaluations=evaluations,
     )
+
+
+def no_recent_improvement(
+    train_config: TrainConfig, evaluations: Sequence[tuple[int, dict[str, float]]]
+) -> bool:
+    """True when the last ``early_stopping_patience`` evaluations did not beat the earlier best.
+
+    Evaluations without the metric (ROUGE runs only at some of them) do not count.
+    """
+    patience, name = train_config.early_stopping_patience, train_config.best_metric
+    values = [metrics[name] for _, metrics in evaluations if name in metrics]
+    if not patience or len(values) <= patience:
+        return False
+    earlier, recent = values[:-patience], values[-patience:]
+    if train_config.best_mode == "max":
+        return max(recent) <= max(earlier)
+    return min(recent) >= min(earlier)
 
 
 def should_checkpoint(

@@ -64,6 +64,7 @@ def trained_run(tmp_path_factory) -> Path:
         "train.max_steps=2",
         "train.eval_every=0",
         "train.learning_rate=1e-3",
+        "train.rouge_every=0",
     ]
     train_and_evaluate(apply_overrides(load_config("configs/tiny.py"), overrides))
     return root / "run"

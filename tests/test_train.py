@@ -42,6 +42,7 @@ def small_run(tmp_path) -> list[str]:
         "train.eval_every=6",
         "train.log_every=3",
         "train.learning_rate=3e-3",
+        "train.rouge_every=0",  # ROUGE has its own test below
     ]
 
 
@@ -104,3 +105,42 @@ def test_too_few_examples_for_one_batch_is_an_error(small_run, tmp_path, caplog)
     with caplog.at_level(logging.ERROR):
         assert train_flax.main(argv) == 2
     assert "fewer than one batch" in caplog.text
+
+
+def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
+    overrides = [
+        *small_run,
+        f"train.workdir={tmp_path / 'rouge'}",
+        "train.rouge_every=6",
+        "train.rouge_examples=8",
+        "train.rouge_tokenization=character",
+        "decoding.num_beams=2",
+        "decoding.max_length=8",
+        "train.best_metric=rougeL",
+        "train.best_mode=max",
+        "train.eval_every=2",
+    ]
+    result = train_and_evaluate(tiny_config(overrides))
+    history = {step: metrics for step, metrics in result.evaluations}
+    assert set(history[6]) == {"eval_loss", "rouge1", "rouge2", "rougeL"}
+    assert set(history[2]) == {"eval_loss"}  # ROUGE only at multiples of rouge_every
+    assert 0.0 <= history[12]["rougeL"] <= 1.0
+
+    # Patience 1 with "higher eval loss is better" while the loss falls: the second
+    # evaluation is no improvement, so the run stops there.
+    stalled = [
+        *small_run,
+        f"train.workdir={tmp_path / 'stalled'}",
+        "train.best_mode=max",
+        "train.eval_every=2",
+        "train.early_stopping_patience=1",
+    ]
+    result = train_and_evaluate(tiny_config(stalled))
+    assert len(result.train_losses) == 4
+
+
+def test_best_metric_must_be_reported(small_run):
+    with pytest.raises(ConfigError, match="rougeL"):
+        train_and_evaluate(
+            tiny_config([*small_run, "train.rouge_every=0", "train.best_metric=rougeL"])
+        )

@@ -1,0 +1,158 @@
+"""Training throughput: kobart-flax's train step against the original PyTorch pipeline.
+
+Both train the same randomly initialised BART on the same synthetic Dacon-like examples,
+batch for batch: kobart-flax pads each batch to its length buckets (configs/kobart_base.py),
+the PyTorch baseline pads every example to 512 as the original did. The two take turns step
+by step after a warm-up that compiles every batch shape used; the table gives medians.
+
+    python -m bench.train_throughput                 # small model, CPU defaults
+    python -m bench.train_throughput --model base    # kobart-base shapes, a few steps
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+# Also runnable as a file (python bench/train_throughput.py): the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import flax_training, model_shapes, report, synthetic_data, timing, torch_baseline
+from kobart_flax import batching
+
+# (batch size, timed steps per framework) that keep a 2-core CPU run under 10 minutes.
+CPU_DEFAULTS = {"small": (8, 8), "base": (2, 4)}
+# The original padded sources and decoder inputs alike to its max_len.
+MAX_LEN = synthetic_data.MAX_SOURCE_LENGTH
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("small", "base"), default="small")
+    parser.add_argument("--batch-size", type=int, help="examples per step (default: per model)")
+    parser.add_argument("--steps", type=int, help="timed steps per framework (default: per model)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype: float32 on CPU, bfloat16 on accelerators",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    report.add_json_argument(parser)
+    args = parser.parse_args()
+    default_batch, default_steps = CPU_DEFAULTS[args.model]
+    args.batch_size = args.batch_size or default_batch
+    args.steps = args.steps or default_steps
+    return args
+
+
+def bench_batches(batch_size: int, count: int, seed: int) -> list[dict]:
+    """The first ``count`` batches of a bucketed epoch, as kobart-flax's loop would draw them.
+
+    The data set spans two of batching's sort windows, so batches are as length-homogeneous
+    as in the real job, not more.
+    """
+    examples = synthetic_data.dacon_like_examples(
+        2 * batching.SORT_WINDOW_BATCHES * batch_size, seed
+    )
+    source_buckets, target_buckets = synthetic_data.kobart_base_buckets()
+    batches = batching.train_batches(
+        examples,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=0,
+        source_buckets=source_buckets,
+        target_buckets=target_buckets,
+        pad_token_id=model_shapes.PAD,
+        decoder_start_token_id=model_shapes.DECODER_START,
+    )
+    return [next(batches) for _ in range(count)]
+
+
+def shape_of(batch: dict) -> tuple[int, int]:
+    return batch["input_ids"].shape[1], batch["labels"].shape[1]
+
+
+def main() -> None:
+    args = parse_args()
+    torch_baseline.use_all_cores()
+    env = report.environment()
+    report.print_environment(env)
+
+    config = model_shapes.bart_config(args.model)
+    batches = bench_batches(args.batch_size, args.steps, args.seed)
+    shapes = sorted({shape_of(batch) for batch in batches})
+    print(
+        f"{args.model} model, batch {args.batch_size}, {args.steps} timed steps each; "
+        f"kobart-flax (source, target) shapes: {shapes}"
+    )
+
+    torch_trainer = torch_baseline.Trainer(config, 1 + args.steps, args.dtype, args.seed)
+    torch_batches = [
+        torch_baseline.repad(batch, MAX_LEN, MAX_LEN, model_shapes.PAD, torch_trainer.device)
+        for batch in batches
+    ]
+    flax_trainer = flax_training.Trainer(config, len(shapes) + args.steps, args.dtype, args.seed)
+
+    # Warm-up: compile every shape the timed steps use; let torch allocate its optimizer state.
+    for shape in shapes:
+        first = next(batch for batch in batches if shape_of(batch) == shape)
+        compile_seconds = timing.timed(lambda first=first: flax_trainer.step(first))
+        print(f"  kobart-flax compile + first step for {shape}: {compile_seconds:.1f} s")
+    torch_trainer.step(torch_batches[0])
+
+    seconds = timing.alternate(
+        {
+            "kobart-flax": lambda i: flax_trainer.step(batches[i]),
+            "pytorch": lambda i: torch_trainer.step(torch_batches[i]),
+        },
+        args.steps,
+    )
+
+    real = [synthetic_data.real_tokens(batch) for batch in batches]
+    computed = {
+        "kobart-flax": [synthetic_data.all_tokens(batch) for batch in batches],
+        "pytorch": [
+            batch["input_ids"].numel() + batch["decoder_input_ids"].numel()
+            for batch in torch_batches
+        ],
+    }
+    rows = []
+    for name, times in seconds.items():
+        rows.append(
+            {
+                "framework": name,
+                "padding efficiency": sum(real) / sum(computed[name]),
+                "step s": timing.median(times),
+                "useful tokens/s": timing.median([r / t for r, t in zip(real, times, strict=True)]),
+                "examples/s": timing.median([args.batch_size / t for t in times]),
+                "step times s": times,
+            }
+        )
+    speedup = timing.paired_ratio(seconds["pytorch"], seconds["kobart-flax"])
+    columns = ["framework", "padding efficiency", "step s", "useful tokens/s", "examples/s"]
+    report.print_table(
+        f"Training, {args.model} model, {args.dtype}, medians of {args.steps} alternating steps",
+        rows,
+        columns,
+    )
+    print(
+        f"\nkobart-flax / pytorch useful tokens/s (median of per-step ratios on the same "
+        f"batches): {speedup:.2f}x   target >= 2x: {'met' if speedup >= 2 else 'NOT met'}"
+    )
+    report.write_json(
+        args.json,
+        env,
+        {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "dtype": args.dtype,
+            "shapes": shapes,
+            "frameworks": rows,
+            "speedup_useful_tokens_per_s": speedup,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

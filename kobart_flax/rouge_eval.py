@@ -1,0 +1,69 @@
+"""ROUGE of generated summaries during training, through the shared Summarizer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from kobart_flax.config import Config
+from kobart_flax.data_io import Example
+from kobart_flax.metrics import rouge
+from kobart_flax.pretrained import FlaxBartForConditionalGeneration
+from kobart_flax.summarize import Summarizer
+
+logger = logging.getLogger(__name__)
+
+# What an evaluation reports under these names: the F1 of each ROUGE variant.
+ROUGE_METRICS = {"rouge1": "rouge1_f", "rouge2": "rouge2_f", "rougeL": "rougeL_f"}
+
+
+class RougeEvaluator:
+    """Summarizes a fixed sample of the eval set and scores it against the references.
+
+    Every host generates the whole sample with replicated params (the sample is small next
+    to training), so every host gets the same metrics without a gather.
+    """
+
+    def __init__(
+        self,
+        model: FlaxBartForConditionalGeneration,
+        tokenizer,
+        config: Config,
+        examples: Sequence[Example],
+    ):
+        count = config.train.rouge_examples or len(examples)
+        self.examples = list(examples[:count])
+        self.every = config.train.rouge_every
+        self.tokenization = config.train.rouge_tokenization
+        decoding = config.decoding
+        settings = model.generation_settings(
+            num_beams=decoding.num_beams,
+            max_length=decoding.max_length,
+            min_length=decoding.min_length,
+            length_penalty=decoding.length_penalty,
+            no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+        )
+        self.summarizer = Summarizer(
+            model.module,
+            tokenizer,
+            settings,
+            batch_size=decoding.batch_size,
+            max_source_length=config.data.max_source_length,
+            source_buckets=config.data.source_buckets,
+        )
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return bool(self.every) and (step % self.every == 0 or step == total_steps)
+
+    def __call__(self, params) -> dict[str, float]:
+        started = time.perf_counter()
+        predictions = self.summarizer.summarize(params, [e.news for e in self.examples])
+        scores = rouge(predictions, [e.summary for e in self.examples], self.tokenization)
+        logger.info(
+            "ROUGE on %d eval examples in %.1fs; e.g. %r",
+            len(self.examples),
+            time.perf_counter() - started,
+            predictions[0][:80],
+        )
+        return {name: scores[key] for name, key in ROUGE_METRICS.items()}

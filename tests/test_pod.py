@@ -1,0 +1,121 @@
+"""A simulated v4-32 (4 processes x 4 CPU devices) computes what one device computes.
+
+Each run is ``train_flax.py`` started by ``scripts/simulate_pod.py``; per-step losses come
+from the history its last checkpoint records. Gloo (CPU collectives) has had wrong-result
+bugs, so these compare numbers, not just exit codes.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kobart_flax import checkpoint
+from scripts import simulate_pod
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+STEPS = 3
+RUN_TIMEOUT = 240.0
+
+
+@pytest.fixture(scope="module")
+def train_args(tmp_path_factory) -> list[str]:
+    """A tiny float32 model without dropout on a slice of the sample: a few seconds a step."""
+    data = tmp_path_factory.mktemp("pod_data")
+    for name, rows in (("train.tsv", 96), ("test.tsv", 16)):
+        lines = (SAMPLE / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / name).write_text("".join(lines[: rows + 1]), encoding="utf-8")
+    return [
+        "--config",
+        "configs/tiny.py",
+        f"data.train_path={data / 'train.tsv'}",
+        f"data.eval_path={data / 'test.tsv'}",
+        "model.d_model=32",
+        "model.ffn_dim=64",
+        "model.attention_heads=4",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.dropout=0.0",
+        "model.dtype=float32",
+        # One bucket each: one compile of each step.
+        "data.max_source_length=64",
+        "data.source_buckets=64",
+        "data.max_target_length=32",
+        "data.target_buckets=32",
+        "train.batch_size=16",  # the global batch of every run below
+        f"train.max_steps={STEPS}",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.eval_max_batches=1",
+        "train.checkpoint_every=0",
+        "train.keep_best=0",
+        "train.rouge_every=0",  # generation is tested elsewhere; here it would only cost time
+        "train.learning_rate=1e-3",
+    ]
+
+
+def train(workdir: Path, processes: int, devices: int, args: list[str]) -> list[float]:
+    """Per-step losses of one simulated run; fails the test with every failed log's tail."""
+    results = simulate_pod.run_pod(
+        processes, devices, [*args, f"train.workdir={workdir}"], workdir / "logs", RUN_TIMEOUT
+    )
+    failed = [result for result in results if not result.ok]
+    assert not failed, "\n".join(
+        f"{result.describe()}\n{simulate_pod.log_tail(result.log_path)}" for result in failed
+    )
+    losses = checkpoint.read_history(workdir / "checkpoints")["train_losses"]
+    assert len(losses) == STEPS and np.all(np.isfinite(losses))
+    return losses
+
+
+@pytest.fixture(scope="module")
+def single_device_losses(train_args, tmp_path_factory) -> list[float]:
+    return train(tmp_path_factory.mktemp("one_device"), 1, 1, train_args)
+
+
+@pytest.mark.parametrize(
+    "mesh",
+    [
+        pytest.param(["mesh.data=16"], id="data_parallel"),
+        # Params and Adam moments split 16 ways, across all four hosts.
+        pytest.param(["mesh.data=1", "mesh.fsdp=16"], id="fsdp"),
+        # Heads and FFN split over a host's 4 devices, params over 2 hosts, batch over 4.
+        pytest.param(["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=4"], id="tensor_fsdp_data"),
+    ],
+)
+def test_pod_losses_equal_one_host_and_one_device(mesh, train_args, single_device_losses, tmp_path):
+    args = [*train_args, *mesh]
+    pod = train(tmp_path / "pod", 4, 4, args)
+    one_host = train(tmp_path / "one_host", 1, 16, args)
+
+    np.testing.assert_allclose(pod, one_host, rtol=1e-5)
+    np.testing.assert_allclose(pod, single_device_losses, rtol=1e-5)
+    assert len(set(pod)) == STEPS  # the params changed between steps
+    log = (tmp_path / "pod" / "logs" / "process_0.log").read_text(encoding="utf-8")
+    sizes = dict(override.removeprefix("mesh.").split("=") for override in mesh)
+    expected_mesh = " x ".join(
+        f"{axis}={sizes.get(axis, '1')}" for axis in ("data", "fsdp", "tensor")
+    )
+    assert f"mesh {expected_mesh} over 16 devices of 4 processes" in log
+    # Only process 0 tells the story; the others would repeat it.
+    other = (tmp_path / "pod" / "logs" / "process_1.log").read_text(encoding="utf-8")
+    assert "step 1/" in log and "step 1/" not in other
+
+
+def test_a_config_for_16_devices_stops_at_once_on_8(tmp_path):
+    """configs/kobart_base.py wants a v4-32; on 2 hosts x 4 devices every host says so."""
+    results = simulate_pod.run_pod(
+        2,
+        4,
+        ["--config", "configs/kobart_base.py", f"train.workdir={tmp_path / 'run'}"],
+        tmp_path / "logs",
+        timeout=60.0,
+    )
+    for result in results:
+        assert result.returncode == 2 and not result.stopped, result.describe()
+        log = result.log_path.read_text(encoding="utf-8")
+        assert (
+            "the config expects 4 processes (this run has 2) and 16 devices (this run has 8), "
+            "on cpu"
+        ) in log
+        assert "Traceback" not in log
