@@ -15,9 +15,8 @@ import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from transformers import BartConfig
+from tiny_models import save_tiny_model
 
-from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.data_io import DataError, read_examples
 from kobart_flax.demo import (
     QUICKSTART_MODEL,
@@ -32,7 +31,6 @@ from kobart_flax.demo import (
     parse_args,
     read_articles,
 )
-from kobart_flax.tokenization import load_tokenizer
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 # One set of settings for every test: each new combination compiles, seconds on a CPU.
@@ -40,31 +38,6 @@ CONTROLS = (2, 10, 1.0, 0)
 # A single source bucket, so one program serves every article.
 MAX_SOURCE_LENGTH = 64
 ENGLISH = "The city council approved a new budget for public libraries on Monday evening."
-
-
-def save_tiny_model(directory: Path) -> Path:
-    """A random 2-layer BART with the bundled tokenizer, saved as a model directory."""
-    tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
-    config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=1026,
-        init_std=0.2,  # large enough that the output depends on the input
-        pad_token_id=3,
-        bos_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-    )
-    FlaxBartForConditionalGeneration(config, seed=3).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def free_port() -> int:

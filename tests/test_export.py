@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_kobart_config
 from transformers import (
     AutoModelForSeq2SeqLM,
-    BartConfig,
     BartForConditionalGeneration,
 )
 
@@ -29,23 +29,7 @@ def trained_run(tmp_path_factory) -> Path:
     """A tiny PyTorch BART fine-tuned for two steps by train_flax; returns the workdir."""
     root = tmp_path_factory.mktemp("export")
     tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
-    config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=1026,
-        init_std=0.2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=3,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-    )
+    config = tiny_kobart_config(len(tokenizer))
     torch.manual_seed(0)
     BartForConditionalGeneration(config).save_pretrained(root / "pretrained")
     lines = (SAMPLE / "train.tsv").read_text(encoding="utf-8").splitlines()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import BartConfig
+from tiny_models import save_tiny_model
 
 import predict
 from kobart_flax import FlaxBartForConditionalGeneration
@@ -20,28 +20,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
-    config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=1026,
-        init_std=0.2,  # input-dependent outputs, so a mixed-up order would show
-        pad_token_id=3,
-        bos_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-    )
-    directory = tmp_path_factory.mktemp("tiny_model")
-    FlaxBartForConditionalGeneration(config, seed=3).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 def articles(count: int) -> list[str]:
