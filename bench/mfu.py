@@ -74,7 +74,9 @@ def main() -> None:
     batch = fixed_shape_batch(*shape, args.seed)
     flax_trainer = flax_training.Trainer(config, 1 + args.steps, args.dtype, args.seed)
     torch_trainer = torch_baseline.Trainer(config, 1 + args.steps, args.dtype, args.seed)
-    torch_batch = torch_baseline.repad(batch, *shape[1:], model_shapes.PAD, torch_trainer.device)
+    torch_batch = torch_baseline.pad_examples(
+        torch_baseline.batch_examples(batch), *shape[1:], model_shapes.PAD, torch_trainer.device
+    )
     xla_step_flops = flops.xla_flops(flax_trainer.cost_analysis(batch))
     flax_trainer.step(batch)  # compile
     torch_trainer.step(torch_batch)

@@ -34,28 +34,48 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def repad(
-    batch: dict[str, np.ndarray],
+def batch_examples(batch: dict[str, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """(source, decoder input, labels) of every example in a kobart-flax batch.
+
+    A bucketed batch holds one example per row (its masks mark it); a packed batch
+    (kobart_flax.packing) several, told apart by their segment ids.
+    """
+    source_segments = batch.get("segment_ids", batch["attention_mask"])
+    target_segments = batch.get("decoder_segment_ids", batch["decoder_attention_mask"])
+    examples = []
+    for row in range(len(batch["input_ids"])):
+        for segment in np.unique(source_segments[row][source_segments[row] > 0]):
+            source = source_segments[row] == segment
+            target = target_segments[row] == segment
+            examples.append(
+                (
+                    batch["input_ids"][row][source],
+                    batch["decoder_input_ids"][row][target],
+                    batch["labels"][row][target],
+                )
+            )
+    return examples
+
+
+def pad_examples(
+    examples: list[tuple[np.ndarray, ...]],
     source_len: int,
     target_len: int,
     pad_token_id: int,
     target_device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """The examples of a kobart-flax batch as the original's tensors, padded to the lengths given.
+    """Examples as the original's tensors, one per row, padded to the lengths given.
 
-    The original padded both to its max_len (512). ``batch`` is a bucketed kobart-flax batch;
-    its masks tell each row's real tokens.
+    The original padded both sources and decoder inputs to its max_len (512).
     """
-    rows = len(batch["input_ids"])
+    rows = len(examples)
     input_ids = np.full((rows, source_len), pad_token_id, np.int64)
     decoder_input_ids = np.full((rows, target_len), pad_token_id, np.int64)
     labels = np.full((rows, target_len), IGNORE_INDEX, np.int64)
-    for row in range(rows):
-        source = int(batch["attention_mask"][row].sum())
-        target = int(batch["decoder_attention_mask"][row].sum())
-        input_ids[row, :source] = batch["input_ids"][row, :source]
-        decoder_input_ids[row, :target] = batch["decoder_input_ids"][row, :target]
-        labels[row, :target] = batch["labels"][row, :target]
+    for row, (source, decoder_input, target) in enumerate(examples):
+        input_ids[row, : len(source)] = source
+        decoder_input_ids[row, : len(decoder_input)] = decoder_input
+        labels[row, : len(target)] = target
     tensors = {
         "input_ids": input_ids,
         "decoder_input_ids": decoder_input_ids,

@@ -2,11 +2,13 @@
 
 Both train the same randomly initialised BART on the same synthetic Dacon-like examples,
 batch for batch: kobart-flax pads each batch to its length buckets (configs/kobart_base.py),
-the PyTorch baseline pads every example to 512 as the original did. The two take turns step
+or with ``--packing`` packs several examples per row (kobart_flax.packing); the PyTorch
+baseline pads every example of that batch to 512 as the original did. The two take turns step
 by step after a warm-up that compiles every batch shape used; the table gives medians.
 
     python -m bench.train_throughput                 # small model, CPU defaults
     python -m bench.train_throughput --model base    # kobart-base shapes, a few steps
+    python -m bench.train_throughput --packing       # packed rows instead of buckets
 """
 
 import argparse
@@ -17,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import flax_training, model_shapes, report, synthetic_data, timing, torch_baseline
-from kobart_flax import batching
+from kobart_flax import batching, packing
 
 # (batch size, timed steps per framework) that keep a 2-core CPU run under 10 minutes.
 CPU_DEFAULTS = {"small": (8, 8), "base": (2, 4)}
@@ -28,7 +30,9 @@ MAX_LEN = synthetic_data.MAX_SOURCE_LENGTH
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("small", "base"), default="small")
-    parser.add_argument("--batch-size", type=int, help="examples per step (default: per model)")
+    parser.add_argument(
+        "--batch-size", type=int, help="rows per step, one example each unless packed"
+    )
     parser.add_argument("--steps", type=int, help="timed steps per framework (default: per model)")
     parser.add_argument(
         "--dtype",
@@ -36,6 +40,14 @@ def parse_args() -> argparse.Namespace:
         default="float32",
         help="compute dtype: float32 on CPU, bfloat16 on accelerators",
     )
+    parser.add_argument(
+        "--packing", action="store_true", help="kobart-flax trains on packed rows, not buckets"
+    )
+    # 1024 / 160-token rows: on the Dacon-like lengths these need the fewest model FLOPs of
+    # the row shapes tried (512/128: 1.97x fewer than pad-to-512, 1024/160: 2.15x,
+    # 2048/320: 1.89x, as attention spans the whole row); see docs/PERFORMANCE.md.
+    parser.add_argument("--packed-source-length", type=int, default=1024)
+    parser.add_argument("--packed-target-length", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     report.add_json_argument(parser)
     args = parser.parse_args()
@@ -45,27 +57,40 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def bench_batches(batch_size: int, count: int, seed: int) -> list[dict]:
-    """The first ``count`` batches of a bucketed epoch, as kobart-flax's loop would draw them.
+def bench_batches(args: argparse.Namespace) -> list[dict]:
+    """The first ``args.steps`` batches of an epoch, as kobart-flax's loop would draw them.
 
-    The data set spans two of batching's sort windows, so batches are as length-homogeneous
-    as in the real job, not more.
+    The data set spans two of batching's sort windows, so bucketed batches are as
+    length-homogeneous as in the real job, not more, and packing has as many examples to
+    choose from as its packing window.
     """
     examples = synthetic_data.dacon_like_examples(
-        2 * batching.SORT_WINDOW_BATCHES * batch_size, seed
+        2 * batching.SORT_WINDOW_BATCHES * args.batch_size, args.seed
     )
+    if args.packing:
+        batches = packing.packed_batches(
+            examples,
+            rows_per_batch=args.batch_size,
+            seed=args.seed,
+            epoch=0,
+            source_length=args.packed_source_length,
+            target_length=args.packed_target_length,
+            pad_token_id=model_shapes.PAD,
+            decoder_start_token_id=model_shapes.DECODER_START,
+        )
+        return [next(batches) for _ in range(args.steps)]
     source_buckets, target_buckets = synthetic_data.kobart_base_buckets()
     batches = batching.train_batches(
         examples,
-        batch_size=batch_size,
-        seed=seed,
+        batch_size=args.batch_size,
+        seed=args.seed,
         epoch=0,
         source_buckets=source_buckets,
         target_buckets=target_buckets,
         pad_token_id=model_shapes.PAD,
         decoder_start_token_id=model_shapes.DECODER_START,
     )
-    return [next(batches) for _ in range(count)]
+    return [next(batches) for _ in range(args.steps)]
 
 
 def shape_of(batch: dict) -> tuple[int, int]:
@@ -79,17 +104,19 @@ def main() -> None:
     report.print_environment(env)
 
     config = model_shapes.bart_config(args.model)
-    batches = bench_batches(args.batch_size, args.steps, args.seed)
+    batches = bench_batches(args)
     shapes = sorted({shape_of(batch) for batch in batches})
+    examples = [torch_baseline.batch_examples(batch) for batch in batches]
     print(
-        f"{args.model} model, batch {args.batch_size}, {args.steps} timed steps each; "
-        f"kobart-flax (source, target) shapes: {shapes}"
+        f"{args.model} model, {args.batch_size} {'packed ' if args.packing else ''}rows per "
+        f"step, {args.steps} timed steps each; kobart-flax (source, target) shapes: {shapes}; "
+        f"examples per step: {[len(e) for e in examples]}"
     )
 
     torch_trainer = torch_baseline.Trainer(config, 1 + args.steps, args.dtype, args.seed)
     torch_batches = [
-        torch_baseline.repad(batch, MAX_LEN, MAX_LEN, model_shapes.PAD, torch_trainer.device)
-        for batch in batches
+        torch_baseline.pad_examples(step, MAX_LEN, MAX_LEN, model_shapes.PAD, torch_trainer.device)
+        for step in examples
     ]
     flax_trainer = flax_training.Trainer(config, len(shapes) + args.steps, args.dtype, args.seed)
 
@@ -124,14 +151,18 @@ def main() -> None:
                 "padding efficiency": sum(real) / sum(computed[name]),
                 "step s": timing.median(times),
                 "useful tokens/s": timing.median([r / t for r, t in zip(real, times, strict=True)]),
-                "examples/s": timing.median([args.batch_size / t for t in times]),
+                "examples/s": timing.median(
+                    [len(step) / t for step, t in zip(examples, times, strict=True)]
+                ),
                 "step times s": times,
             }
         )
     speedup = timing.paired_ratio(seconds["pytorch"], seconds["kobart-flax"])
     columns = ["framework", "padding efficiency", "step s", "useful tokens/s", "examples/s"]
     report.print_table(
-        f"Training, {args.model} model, {args.dtype}, medians of {args.steps} alternating steps",
+        f"Training, {args.model} model, {args.dtype}, "
+        f"{'packed' if args.packing else 'bucketed'} kobart-flax batches, "
+        f"medians of {args.steps} alternating steps",
         rows,
         columns,
     )
@@ -145,6 +176,11 @@ def main() -> None:
         {
             "model": args.model,
             "batch_size": args.batch_size,
+            "packing": args.packing,
+            "packed_row": (
+                (args.packed_source_length, args.packed_target_length) if args.packing else None
+            ),
+            "examples_per_step": [len(step) for step in examples],
             "steps": args.steps,
             "dtype": args.dtype,
             "shapes": shapes,

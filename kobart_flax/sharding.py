@@ -281,7 +281,8 @@ def check_batch_layout(mesh: Mesh) -> None:
     """Each host must feed a disjoint, equal share of every batch: its own rows.
 
     Fails when the data-parallel axes cannot be split evenly between hosts, e.g. 4 hosts
-    with mesh.tensor=16 would leave one batch shard that every host must read whole.
+    with mesh.tensor=16 would leave one batch shard that every host must read whole. Which
+    shards a host holds does not matter: losses and metrics are sums over the rows.
     """
     shards = math.prod(axis_sizes_of(mesh)[name] for name in BATCH_AXES)
     problem = check_even_split(batch_shards_by_process(mesh), shards)

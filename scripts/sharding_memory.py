@@ -20,16 +20,16 @@ import jax
 from transformers import BartConfig
 
 from kobart_flax import checkpoint, optim, sharding, steps
-from kobart_flax.config import ModelConfig, TrainConfig, load_config
+from kobart_flax.config import MeshConfig, ModelConfig, TrainConfig, load_config, mesh_axis_sizes
 from scripts.simulate_pod import process_env
 
-# (name, mesh axis sizes as fractions of the device count: -1 fills the rest)
+# The meshes worth comparing on a v4-32; -1 takes the devices the others leave.
 MODES = (
-    ("data parallel", {"data": -1, "fsdp": 1, "tensor": 1}),
-    ("FSDP", {"data": 1, "fsdp": -1, "tensor": 1}),
-    ("data x FSDP (4 per host)", {"data": -1, "fsdp": 4, "tensor": 1}),
-    ("tensor parallel (4 per host)", {"data": -1, "fsdp": 1, "tensor": 4}),
-    ("FSDP x tensor (4 per host)", {"data": 1, "fsdp": -1, "tensor": 4}),
+    ("data parallel", MeshConfig(data=-1)),
+    ("FSDP", MeshConfig(data=1, fsdp=-1)),
+    ("data x FSDP (4 per host)", MeshConfig(data=-1, fsdp=4)),
+    ("tensor parallel (4 per host)", MeshConfig(data=-1, tensor=4)),
+    ("FSDP x tensor (4 per host)", MeshConfig(data=1, fsdp=-1, tensor=4)),
 )
 MIB = 2**20
 
@@ -50,16 +50,12 @@ def bart_config(model: ModelConfig) -> BartConfig:
 
 def abstract_train_state(model: ModelConfig, train: TrainConfig) -> steps.TrainState:
     params = checkpoint.abstract_params(bart_config(model).to_dict())
+    # The schedule's length changes no shape; any will do.
     schedule = optim.learning_rate_schedule(train.learning_rate, 1000, train.warmup_ratio)
     optimizer = optim.make_optimizer(schedule, train.weight_decay, train.max_grad_norm)
     return jax.eval_shape(
         lambda p: steps.create_train_state(p, optimizer, jax.random.key(0)), params
     )
-
-
-def resolve(axis_sizes: dict[str, int], devices: int) -> dict[str, int]:
-    known = math.prod(size for size in axis_sizes.values() if size != -1)
-    return {name: devices // known if size == -1 else size for name, size in axis_sizes.items()}
 
 
 def shard_bytes(tree, shardings) -> int:
@@ -79,8 +75,8 @@ def report(model: ModelConfig, train: TrainConfig, devices: int) -> list[str]:
         "optimizer state MiB | total MiB per device |",
         "|---|---|---:|---:|---:|",
     ]
-    for name, fractions in MODES:
-        axis_sizes = resolve(fractions, devices)
+    for name, mesh_config in MODES:
+        axis_sizes = mesh_axis_sizes(mesh_config, devices)
         mesh = sharding.make_mesh(axis_sizes, jax.devices()[:devices])
         shardings = sharding.state_shardings(state, mesh)
         params = shard_bytes(state.params, shardings.params)
