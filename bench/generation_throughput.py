@@ -13,12 +13,17 @@ produce the same tokens (the tests check this on a tiny model).
 """
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 # Also runnable as a file (python bench/generation_throughput.py): the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# PyTorch's OpenMP threads otherwise spin-wait at every barrier: on a shared machine one
+# descheduled thread then stalls every op, and the baseline runs 2-4x slower than it can
+# (docs/PERFORMANCE.md, "Load"). Set before torch loads; OMP_WAIT_POLICY=ACTIVE overrides.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch

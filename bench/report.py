@@ -42,6 +42,7 @@ def environment() -> dict:
         "jax_devices": jax.device_count(),
         "torch_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "python": platform.python_version(),
         **{name: metadata.version(name) for name in PACKAGES},
     }
@@ -67,7 +68,8 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 def print_environment(env: dict) -> None:
     print(
         f"{env['date']}  {env['cpu']} ({env['cores']} cores)  jax device {env['jax_device']}  "
-        f"torch {env['torch_device']} ({env['torch_threads']} threads)"
+        f"torch {env['torch_device']} ({env['torch_threads']} threads, "
+        f"OMP_WAIT_POLICY={env['omp_wait_policy']})"
     )
     print("  ".join(f"{name} {env[name]}" for name in PACKAGES))
 

@@ -12,11 +12,16 @@ by step after a warm-up that compiles every batch shape used; the table gives me
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 # Also runnable as a file (python bench/train_throughput.py): the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# PyTorch's OpenMP threads otherwise spin-wait at every barrier: on a shared machine one
+# descheduled thread then stalls every op, and the baseline runs 2-4x slower than it can
+# (docs/PERFORMANCE.md, "Load"). Set before torch loads; OMP_WAIT_POLICY=ACTIVE overrides.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench import flax_training, model_shapes, report, synthetic_data, timing, torch_baseline
 from kobart_flax import batching, packing
