@@ -149,12 +149,16 @@ class BartAttention(nn.Module):
         elif decode:
             # The encoder output is fixed during decoding: project it once, not every step.
             if self.has_variable("cache", "cross_key"):
-                key = self.get_variable("cache", "cross_key")
-                value = self.get_variable("cache", "cross_value")
+                # Stored [batch, heads, head_dim, source]: the layout the per-step dots read.
+                key = self.get_variable("cache", "cross_key").transpose(0, 3, 1, 2)
+                value = self.get_variable("cache", "cross_value").transpose(0, 3, 1, 2)
             else:
                 key, value = project_keys_and_values(key_value_states)
-                self.put_variable("cache", "cross_key", key)
-                self.put_variable("cache", "cross_value", value)
+                stored = jax.lax.optimization_barrier(
+                    (key.transpose(0, 2, 3, 1), value.transpose(0, 2, 3, 1))
+                )
+                self.put_variable("cache", "cross_key", stored[0])
+                self.put_variable("cache", "cross_value", stored[1])
         else:
             key, value = project_keys_and_values(key_value_states)
 
