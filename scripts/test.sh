@@ -2,6 +2,12 @@
 # Set up, lint, and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser test (tests/test_app_browser.py) drives Debian's Chromium; Playwright's own
+# browser downloads need a network that CI does not have.
+if ! command -v chromium >/dev/null; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+fi
 scripts/setup_env.sh requirements-test.txt
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
