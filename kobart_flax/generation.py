@@ -152,8 +152,8 @@ def _expand_like(indices: jax.Array, target: jax.Array) -> jax.Array:
 def reorder_cache(cache: dict, flat_indices: jax.Array) -> dict:
     """Pick self-attention cache rows [B * K, ...] by ``flat_indices``.
 
-    Scalars (the cache index) stay, and so do the cross-attention keys/values: all beams of
-    one source hold the same copy, and beams never move between sources.
+    Scalars (the cache index) stay, and so do the cross-attention keys/values: they are
+    [B, ...], one copy per source shared by its beams, and beams never move between sources.
     """
 
     def pick(path, x):
@@ -169,7 +169,7 @@ def beam_search(
 ) -> jax.Array:
     """[B, L] tokens of the best finished hypothesis per batch row (transformers 5.x rules).
 
-    ``cache`` and ``tokens_to_logits`` work on B * K rows (each source repeated K times).
+    ``tokens_to_logits`` works on B * K rows (each source's K beams consecutive).
     """
     num_beams, max_length = settings.num_beams, settings.max_length
     keep = 2 * num_beams  # top candidates per step: enough live beams even if K hit </s>
@@ -290,10 +290,9 @@ def generate(
     batch_size = input_ids.shape[0]
     num_beams = settings.num_beams
     encoded = module.apply({"params": params}, input_ids, attention_mask, method=module.encode)
-    if num_beams > 1:
-        # [B, S, ...] --> [B * K, S, ...]: every beam reads its own copy of the source.
-        encoded = jnp.repeat(encoded, num_beams, axis=0)
-        attention_mask = jnp.repeat(attention_mask, num_beams, axis=0)
+    # The decoder runs B * K rows (beam k of source b is row b * K + k) against the B
+    # sources: cross-attention folds each source's beams together, so the projected source
+    # is cached and read once per article, not once per beam.
     rows = batch_size * num_beams
 
     def decode(token_ids, variables, position, **kwargs):

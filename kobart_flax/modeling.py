@@ -162,6 +162,14 @@ class BartAttention(nn.Module):
         else:
             key, value = project_keys_and_values(key_value_states)
 
+        rows, query_length = query.shape[:2]
+        sources = key.shape[0]
+        if rows != sources:
+            # Beam search: each source's beams are consecutive rows and read the same keys,
+            # so fold them into the query length and keep one copy of the source per article.
+            # [sources * beams, q, heads, head_dim] --> [sources, beams * q, heads, head_dim]
+            query = query.reshape((sources, -1) + query.shape[2:])
+
         # Softmax in float32: bfloat16 logits over long inputs lose the small weights.
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
         scores = scores.astype(jnp.float32)
@@ -171,8 +179,8 @@ class BartAttention(nn.Module):
         weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
 
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        # [batch, length, heads, head_dim] --> [batch, length, embed]
-        attended = attended.reshape(attended.shape[:2] + (self.embed_dim,))
+        # [batch, length, heads, head_dim] --> [rows, length, embed], beams unfolded again
+        attended = attended.reshape((rows, query_length, self.embed_dim))
         return projection("out_proj")(attended)
 
     def _extend_cache(
