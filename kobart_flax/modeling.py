@@ -193,22 +193,29 @@ class BartAttention(nn.Module):
         over the full cache length.
         """
         is_initialized = self.has_variable("cache", "cached_key")
-        # [batch, cache_length, heads, head_dim]
-        shape = (key.shape[0], cache_length or key.shape[1]) + key.shape[2:]
+        # Stored [batch, heads, head_dim, cache_length], the layout the per-step dots read
+        # (as for the cross-attention cache): stored [batch, length, heads, head_dim], XLA
+        # relayouts the whole cache in every decode step.
+        batch, step_length, heads, head_dim = key.shape
+        shape = (batch, heads, head_dim, cache_length or step_length)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
         cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not is_initialized:
             return key, value, mask
 
-        step_length = key.shape[1]
-        max_length = cached_key.value.shape[1]
+        max_length = cached_key.value.shape[-1]
         start = cache_index.value
-        full_key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, start, 0, 0))
-        full_value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, start, 0, 0))
-        cached_key.value = full_key
-        cached_value.value = full_value
+        # [batch, step, heads, head_dim] <--> [batch, heads, head_dim, step]
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(
+            cached_key.value, key.transpose(0, 2, 3, 1), start, axis=3
+        )
+        cached_value.value = jax.lax.dynamic_update_slice_in_dim(
+            cached_value.value, value.transpose(0, 2, 3, 1), start, axis=3
+        )
         cache_index.value = start + step_length
+        full_key = cached_key.value.transpose(0, 3, 1, 2)
+        full_value = cached_value.value.transpose(0, 3, 1, 2)
 
         query_positions = start + jnp.arange(step_length)
         causal = query_positions[:, None] >= jnp.arange(max_length)[None, :]
