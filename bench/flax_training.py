@@ -1,18 +1,16 @@
 """kobart-flax's train step, built and placed the way kobart_flax/train.py builds it.
 
 Same optimizer recipe, the state created sharded on the devices (``create_sharded_state``),
-``steps.train_step`` jitted with the state and batch shardings and the state donated, and
-batches assembled with ``sharding.global_batch``. Keep in step with ``train._train_loop``.
+the step the training loop runs (``train.make_train_step``: sharded, state donated), and
+batches assembled with ``sharding.global_batch``.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from transformers import BartConfig
 
-from kobart_flax import optim, sharding, steps, train
+from kobart_flax import optim, sharding, train
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
 LEARNING_RATE = 3e-5
@@ -32,19 +30,14 @@ class Trainer:
         schedule = optim.learning_rate_schedule(LEARNING_RATE, total_steps, WARMUP_RATIO)
         optimizer = optim.make_optimizer(schedule, WEIGHT_DECAY, MAX_GRAD_NORM)
         self.state, state_sharding = train.create_sharded_state(model, optimizer, self.mesh, seed)
-        self.apply_fn = model.module.apply
-        self.jitted_step = jax.jit(
-            functools.partial(
-                steps.train_step,
-                apply_fn=model.module.apply,
-                optimizer=optimizer,
-                schedule=schedule,
-                grad_accum_steps=1,
-                label_smoothing=0.0,
-            ),
-            in_shardings=(state_sharding, sharding.batch_sharding(self.mesh)),
-            out_shardings=(state_sharding, sharding.replicated(self.mesh)),
-            donate_argnums=(0,),
+        self.jitted_step = train.make_train_step(
+            model,
+            optimizer,
+            schedule,
+            state_sharding,
+            self.mesh,
+            grad_accum_steps=1,
+            label_smoothing=0.0,
         )
 
     def place(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

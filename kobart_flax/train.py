@@ -153,6 +153,36 @@ def create_sharded_state(
     return state, state_sharding
 
 
+def make_train_step(
+    model: FlaxBartForConditionalGeneration,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state_sharding: steps.TrainState,
+    mesh: jax.sharding.Mesh,
+    *,
+    grad_accum_steps: int,
+    label_smoothing: float,
+):
+    """``steps.train_step`` jitted for the mesh: (state, global batch) -> (state, metrics).
+
+    The state keeps its sharding and is donated (updated in place); metrics come back
+    replicated. The training loop and the benchmarks both run this one function.
+    """
+    return jax.jit(
+        functools.partial(
+            steps.train_step,
+            apply_fn=model.module.apply,
+            optimizer=optimizer,
+            schedule=schedule,
+            grad_accum_steps=grad_accum_steps,
+            label_smoothing=label_smoothing,
+        ),
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
 def abstract_sharded_state(
     model: FlaxBartForConditionalGeneration,
     optimizer: optax.GradientTransformation,
@@ -407,25 +437,19 @@ def _train_loop(
         jax.device_count(),
     )
 
-    batch_sharding = sharding.batch_sharding(mesh)
-    metrics_sharding = sharding.replicated(mesh)
-    train_step = jax.jit(
-        functools.partial(
-            steps.train_step,
-            apply_fn=model.module.apply,
-            optimizer=optimizer,
-            schedule=schedule,
-            grad_accum_steps=train_config.grad_accum_steps,
-            label_smoothing=train_config.label_smoothing,
-        ),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, metrics_sharding),
-        donate_argnums=(0,),
+    train_step = make_train_step(
+        model,
+        optimizer,
+        schedule,
+        state_sharding,
+        mesh,
+        grad_accum_steps=train_config.grad_accum_steps,
+        label_smoothing=train_config.label_smoothing,
     )
     eval_step = jax.jit(
         functools.partial(steps.eval_step, apply_fn=model.module.apply),
-        in_shardings=(state_sharding.params, batch_sharding),
-        out_shardings=metrics_sharding,
+        in_shardings=(state_sharding.params, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
     )
     batch_options = dict(
         batch_size=train_config.batch_size,

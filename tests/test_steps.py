@@ -56,10 +56,10 @@ def make_batch(batch_size=4, source_len=8, target_len=6, seed=0):
     }
 
 
-def make_step(model, grad_accum_steps=1, label_smoothing=0.0):
+def make_step(model, grad_accum_steps=1, label_smoothing=0.0, params=None):
     schedule = optim.learning_rate_schedule(1e-3, total_steps=10, warmup_ratio=0.2)
     optimizer = optim.make_optimizer(schedule, weight_decay=0.01, max_grad_norm=1.0)
-    state = steps.create_train_state(model.params, optimizer, jax.random.key(0))
+    state = steps.create_train_state(params or model.params, optimizer, jax.random.key(0))
     step = functools.partial(
         steps.train_step,
         apply_fn=model.module.apply,
@@ -152,6 +152,24 @@ def test_weight_decay_skips_biases_and_layer_norms(model):
     assert encoder_layer["self_attn_layer_norm"]["scale"] is False
     assert mask["model"]["shared"]["embedding"] is True
     assert mask["final_logits_bias"] is False
+
+
+def test_final_logits_bias_is_used_but_not_trained(model):
+    """As in PyTorch BART, where final_logits_bias is a buffer rather than a parameter."""
+    params = dict(model.params)
+    params["final_logits_bias"] = jnp.linspace(-1.0, 1.0, 50)[None, :]
+    state, step = make_step(model, params=params)
+    batch = make_batch()
+    for _ in range(3):
+        state, _ = jax.jit(step)(state, batch)
+    np.testing.assert_array_equal(state.params["final_logits_bias"], params["final_logits_bias"])
+    assert not np.allclose(
+        state.params["model"]["shared"]["embedding"], params["model"]["shared"]["embedding"]
+    )
+    # The forward pass still adds it: a different bias gives a different loss.
+    loss_with_bias, _ = steps.summed_loss(model.module.apply, params, batch, 0.0, None)
+    loss_without, _ = steps.summed_loss(model.module.apply, model.params, batch, 0.0, None)
+    assert abs(float(loss_with_bias) - float(loss_without)) > 1e-3
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():
