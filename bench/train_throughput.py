@@ -73,8 +73,15 @@ def bench_batches(args: argparse.Namespace) -> list[dict]:
         2 * batching.SORT_WINDOW_BATCHES * args.batch_size, args.seed
     )
     if args.packing:
+        rows = packing.pack_examples(
+            examples,
+            seed=args.seed,
+            source_length=args.packed_source_length,
+            target_length=args.packed_target_length,
+        )
         batches = packing.packed_batches(
             examples,
+            rows,
             rows_per_batch=args.batch_size,
             seed=args.seed,
             epoch=0,

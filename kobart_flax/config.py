@@ -62,6 +62,13 @@ class DataConfig:
     target_buckets: tuple[int, ...] = (32, 64, 128)
     bad_rows: str = "error"  # "error" | "skip"
     prefetch: int = 2  # batches prepared ahead of the device; 0 = none
+    # Training rows hold several examples, packed into packed_source_length /
+    # packed_target_length tokens (kobart_flax.packing); train.batch_size then counts rows.
+    # Evaluation stays bucketed. Off by default: packed attention spans the whole row
+    # (other segments are masked, not skipped), see docs/PERFORMANCE.md.
+    packing: bool = False
+    packed_source_length: int = 1024
+    packed_target_length: int = 128
 
 
 @dataclass
@@ -406,6 +413,16 @@ def _check_data(data: DataConfig, max_positions: int, problems: list[str]) -> No
         problems.append(f"data.bad_rows={data.bad_rows!r}: must be one of {BAD_ROW_POLICIES}")
     if data.prefetch < 0:
         problems.append(f"data.prefetch={data.prefetch}: must be >= 0")
+    if data.packing:
+        # Every example must fit a row alone; positions restart per segment, so rows may
+        # be longer than the position table.
+        for row_side, longest in (("source", "max_source_length"), ("target", "max_target_length")):
+            row_length = getattr(data, f"packed_{row_side}_length")
+            if row_length < getattr(data, longest):
+                problems.append(
+                    f"data.packed_{row_side}_length={row_length}: shorter than "
+                    f"data.{longest}={getattr(data, longest)}, so long examples would not fit"
+                )
 
 
 def _check_train(

@@ -7,12 +7,13 @@ Segment ids (1, 2, ... per example, 0 for padding) keep packed examples from att
 each other, and the model restarts positions at every segment, so each example's loss is
 what it would be alone.
 
-The packing order is a deterministic function of ``(seed, epoch)``, like the unpacked
-batches, and every host computes the same rows.
+Rows are packed once per run from a seeded shuffle and their order is a function of
+``(seed, epoch)``, like the unpacked batches; every host computes the same rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,14 +27,14 @@ def pack_rows(
     order: np.ndarray,
     source_length: int,
     target_length: int,
-    window: int = 1024,
+    window: int = 4096,
 ) -> list[list[int]]:
-    """First-fit decreasing into rows; returns example indices per row.
+    """Example indices per row, every example in exactly one row.
 
-    ``order`` is cut into windows of ``window`` examples; within a window the longest
-    sources go first, each into the first row with room for both its source and its
-    target. (First-fit decreasing wastes little; windows keep it fast and keep the
-    epoch's shuffle.)
+    ``order`` is cut into windows of ``window`` examples (bounded work, and the packing
+    follows the caller's shuffle). Each window fills rows one at a time: the largest example
+    left opens a row, then the best-scoring example that fits both the source and the
+    target room left joins it, until none fits.
     """
     source_lengths = np.array([len(examples[i].input_ids) for i in order])
     target_lengths = np.array([len(examples[i].labels) for i in order])
@@ -47,46 +48,114 @@ def pack_rows(
         )
     rows: list[list[int]] = []
     for start in range(0, len(order), window):
-        # Largest first by the scarcer of the two resources (a 2-D bin packing heuristic).
-        size = np.maximum(source_lengths / source_length, target_lengths / target_length)
-        chunk = np.argsort(-size[start : start + window], kind="stable") + start
-        source_room = np.zeros(len(chunk), np.int64)
-        target_room = np.zeros(len(chunk), np.int64)
-        chunk_rows: list[list[int]] = []
-        for position in chunk:
-            fits = (source_room[: len(chunk_rows)] >= source_lengths[position]) & (
-                target_room[: len(chunk_rows)] >= target_lengths[position]
-            )
-            # Best fit: the row this example fills most tightly.
-            leftover = np.maximum(
-                (source_room[: len(chunk_rows)] - source_lengths[position]) / source_length,
-                (target_room[: len(chunk_rows)] - target_lengths[position]) / target_length,
-            )
-            row = (
-                int(np.argmin(np.where(fits, leftover, np.inf))) if fits.any() else len(chunk_rows)
-            )
-            if row == len(chunk_rows):
-                chunk_rows.append([])
-                source_room[row], target_room[row] = source_length, target_length
-            chunk_rows[row].append(int(order[position]))
-            source_room[row] -= source_lengths[position]
-            target_room[row] -= target_lengths[position]
-        rows.extend(chunk_rows)
+        sizes = RowSizes(
+            source_lengths[start : start + window],
+            source_length,
+            target_lengths[start : start + window],
+            target_length,
+        )
+        # No one rule packs every row shape best (on Dacon-like lengths each of these wins
+        # at some row shape, by up to 2 points of efficiency): keep the fewest rows.
+        window_rows = min((_fill_rows(sizes, *rule) for rule in FILL_RULES), key=len)
+        rows.extend([int(order[start + position]) for position in row] for row in window_rows)
     return rows
 
 
-def epoch_rows(
-    examples: Sequence[EncodedExample],
-    *,
-    seed: int,
-    epoch: int,
-    source_length: int,
-    target_length: int,
+@dataclasses.dataclass(frozen=True)
+class RowSizes:
+    """Example lengths of one packing window, and each as a fraction of its side of a row."""
+
+    source_lengths: np.ndarray
+    source_length: int
+    target_lengths: np.ndarray
+    target_length: int
+
+    @property
+    def source_fraction(self) -> np.ndarray:
+        return self.source_lengths / self.source_length
+
+    @property
+    def target_fraction(self) -> np.ndarray:
+        return self.target_lengths / self.target_length
+
+
+def _larger_side(sizes: RowSizes) -> np.ndarray:
+    return np.maximum(sizes.source_fraction, sizes.target_fraction)
+
+
+def _both_sides(sizes: RowSizes) -> np.ndarray:
+    return sizes.source_fraction + sizes.target_fraction
+
+
+def _aligned_with_room(sizes: RowSizes, source_room: float, target_room: float) -> np.ndarray:
+    """Dot product of size and room: mixes long articles (little summary per source
+    token) with short ones (much), so a row fills on both sides."""
+    return sizes.source_fraction * source_room + sizes.target_fraction * target_room
+
+
+def _tightest_fit(sizes: RowSizes, source_room: float, target_room: float) -> np.ndarray:
+    return -np.maximum(source_room - sizes.source_fraction, target_room - sizes.target_fraction)
+
+
+def _largest(sizes: RowSizes, source_room: float, target_room: float) -> np.ndarray:
+    return _both_sides(sizes)
+
+
+# (the size by which the largest example left opens a row, the score by which the next
+# example that fits joins it; room is a fraction of the row).
+FILL_RULES = (
+    (_larger_side, _aligned_with_room),
+    (_larger_side, _tightest_fit),
+    (_both_sides, _largest),
+)
+
+
+def _fill_rows(sizes: RowSizes, opening_size, joining_score) -> list[list[int]]:
+    """Positions per row, filling one row at a time (a vector bin packing heuristic)."""
+    opening = opening_size(sizes)
+    left = np.ones(len(sizes.source_lengths), bool)
+    rows = []
+    while left.any():
+        first = int(np.argmax(np.where(left, opening, -np.inf)))
+        left[first] = False
+        row = [first]
+        source_room = sizes.source_length - sizes.source_lengths[first]
+        target_room = sizes.target_length - sizes.target_lengths[first]
+        while True:
+            fits = left & (sizes.source_lengths <= source_room)
+            fits &= sizes.target_lengths <= target_room
+            if not fits.any():
+                break
+            score = joining_score(
+                sizes, source_room / sizes.source_length, target_room / sizes.target_length
+            )
+            best = int(np.argmax(np.where(fits, score, -np.inf)))
+            left[best] = False
+            row.append(best)
+            source_room -= sizes.source_lengths[best]
+            target_room -= sizes.target_lengths[best]
+        rows.append(row)
+    return rows
+
+
+def pack_examples(
+    examples: Sequence[EncodedExample], *, seed: int, source_length: int, target_length: int
 ) -> list[list[int]]:
-    """The packed rows of one epoch, in training order."""
-    rng = np.random.default_rng((seed, epoch))
-    rows = pack_rows(examples, rng.permutation(len(examples)), source_length, target_length)
-    return [rows[i] for i in rng.permutation(len(rows))]
+    """The run's packed rows: packed once from a seeded shuffle, reordered every epoch.
+
+    Packing once keeps the number of steps per epoch fixed (the learning-rate schedule and
+    the resume position count in steps); segments never see each other, so which examples
+    share a row does not change what the model learns from each.
+    """
+    order = np.random.default_rng(seed).permutation(len(examples))
+    return pack_rows(examples, order, source_length, target_length)
+
+
+def num_packed_batches(row_count: int, rows_per_batch: int) -> int:
+    """Full global batches of packed rows per epoch (the remainder is dropped)."""
+    if rows_per_batch <= 0:
+        raise ValueError(f"rows_per_batch must be positive, got {rows_per_batch}")
+    return row_count // rows_per_batch
 
 
 def collate_packed(
@@ -128,6 +197,7 @@ def collate_packed(
 
 def packed_batches(
     examples: Sequence[EncodedExample],
+    rows: Sequence[Sequence[int]],
     *,
     rows_per_batch: int,
     seed: int,
@@ -140,19 +210,29 @@ def packed_batches(
     process_count: int = 1,
     start_batch: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This host's slice of each packed batch of one epoch (a partial last batch is dropped)."""
+    """This host's slice of each packed batch of one epoch.
+
+    The rows' order depends only on ``(seed, epoch)``; ``start_batch`` resumes mid-epoch
+    with the batches a full pass would give after its first ``start_batch``.
+    """
     if rows_per_batch % process_count:
         raise ValueError(f"{rows_per_batch} rows per batch do not split over {process_count} hosts")
-    rows = epoch_rows(
-        examples, seed=seed, epoch=epoch, source_length=source_length, target_length=target_length
-    )
+    batch_count = num_packed_batches(len(rows), rows_per_batch)
+    if not 0 <= start_batch <= batch_count:
+        raise ValueError(f"start_batch must be in [0, {batch_count}], got {start_batch}")
+    order = np.random.default_rng((seed, epoch)).permutation(len(rows))
+    # [batches, rows per batch], the remainder dropped
+    batch_rows = order[: batch_count * rows_per_batch].reshape(batch_count, rows_per_batch)
     local = rows_per_batch // process_count
-    for start in range(
-        start_batch * rows_per_batch, len(rows) - rows_per_batch + 1, rows_per_batch
-    ):
-        mine = rows[start + process_index * local : start + (process_index + 1) * local]
+    for members in batch_rows[start_batch:]:
+        mine = members[process_index * local : (process_index + 1) * local]
         yield collate_packed(
-            examples, mine, source_length, target_length, pad_token_id, decoder_start_token_id
+            examples,
+            [rows[i] for i in mine],
+            source_length,
+            target_length,
+            pad_token_id,
+            decoder_start_token_id,
         )
 
 

@@ -43,6 +43,7 @@ from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
 from kobart_flax.rouge_eval import ROUGE_METRICS, RougeEvaluator
 from kobart_flax.tokenization import EncodedExample, encode_examples, load_tokenizer
+from kobart_flax.train_batches import TrainBatches
 
 logger = logging.getLogger(__name__)
 
@@ -347,11 +348,21 @@ def train_and_evaluate(config: Config) -> TrainResult:
     eval_examples = encode_examples(
         tokenizer, raw_eval_examples, data_config.max_source_length, data_config.max_target_length
     )
-    steps_per_epoch = batching.num_train_batches(len(train_examples), train_config.batch_size)
+    train_batches = TrainBatches(
+        train_examples,
+        data_config,
+        batch_size=train_config.batch_size,
+        seed=train_config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    logger.info("training batches: %s", train_batches.describe())
+    steps_per_epoch = train_batches.steps_per_epoch
     if steps_per_epoch == 0:
+        what = "rows" if data_config.packing else "examples"
         raise DataError(
-            f"{data_config.train_path}: {len(train_examples)} examples, fewer than one batch "
-            f"(train.batch_size={train_config.batch_size})"
+            f"{data_config.train_path}: {len(train_examples)} examples give fewer than one "
+            f"batch of {train_config.batch_size} {what} (train.batch_size)"
         )
     total_steps = steps_per_epoch * train_config.num_epochs
     if train_config.max_steps:
@@ -384,9 +395,8 @@ def train_and_evaluate(config: Config) -> TrainResult:
             optimizer,
             schedule,
             mesh,
-            train_examples,
+            train_batches,
             eval_examples,
-            steps_per_epoch,
             total_steps,
             RougeEvaluator(start.model, tokenizer, config, raw_eval_examples)
             if train_config.rouge_every
@@ -417,20 +427,20 @@ def _train_loop(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: jax.sharding.Mesh,
-    train_examples: Sequence[EncodedExample],
+    train_batches: TrainBatches,
     eval_examples: Sequence[EncodedExample],
-    steps_per_epoch: int,
     total_steps: int,
     rouge_evaluator: RougeEvaluator | None,
 ) -> TrainResult:
     train_config, data_config = config.train, config.data
     model, state, state_sharding = start.model, start.state, start.state_sharding
     process_index, process_count = jax.process_index(), jax.process_count()
+    steps_per_epoch = train_batches.steps_per_epoch
     param_count = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     logger.info(
         "%s parameters, %d train / %d eval examples, %d steps (%d per epoch), %d devices",
         f"{param_count:,}",
-        len(train_examples),
+        len(train_batches.examples),
         len(eval_examples),
         total_steps,
         steps_per_epoch,
@@ -473,12 +483,11 @@ def _train_loop(
         return metrics
 
     def epoch_batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
-        return batching.train_batches(
-            train_examples,
-            seed=train_config.seed,
-            epoch=epoch,
-            start_batch=start_batch,
-            **batch_options,
+        return train_batches.epoch(
+            epoch,
+            start_batch,
+            pad_token_id=model.config.pad_token_id,
+            decoder_start_token_id=model.config.decoder_start_token_id,
         )
 
     metadata = {

@@ -199,6 +199,16 @@ def test_bad_override_names_the_field(override, message):
         ),
         ("data", {"source_buckets": ()}, "data.source_buckets: needs at least one bucket"),
         ("data", {"source_buckets": (512, 2048)}, "data.source_buckets=.*exceeds the 1024"),
+        (
+            "data",
+            {"packing": True, "packed_source_length": 256},
+            "data.packed_source_length=256: shorter than data.max_source_length=512",
+        ),
+        (
+            "data",
+            {"packing": True, "packed_target_length": 64},
+            "data.packed_target_length=64: shorter than data.max_target_length=128",
+        ),
         ("train", {"batch_size": 256.0}, "train.batch_size=256.0: expected int"),
         ("data", {"source_buckets": [64, 512]}, "data.source_buckets=.*expected tuple"),
         ("model", {"dropout": True}, "model.dropout=True: expected float"),
@@ -207,6 +217,11 @@ def test_bad_override_names_the_field(override, message):
 def test_invalid_value_names_the_field(section, values, message):
     with pytest.raises(ConfigError, match=message):
         validate(with_field(Config(), section, **values))
+
+
+def test_packed_rows_may_be_longer_than_the_position_table():
+    # Positions restart at every packed example, so only each example must fit.
+    validate(with_field(Config(), "data", packing=True, packed_source_length=2048))
 
 
 def test_max_lengths_may_use_all_1024_positions():

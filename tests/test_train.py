@@ -1,6 +1,7 @@
 """End-to-end: train_flax.py on a slice of the bundled data with a very small model."""
 
 import logging
+import re
 from pathlib import Path
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import train_flax
-from kobart_flax import FlaxBartForConditionalGeneration
+from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
 from kobart_flax.config import ConfigError, apply_overrides, load_config
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
@@ -144,3 +145,39 @@ def test_best_metric_must_be_reported(small_run):
         train_and_evaluate(
             tiny_config([*small_run, "train.rouge_every=0", "train.best_metric=rougeL"])
         )
+
+
+def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeypatch, caplog):
+    packed = [
+        *small_run,
+        "data.packing=true",
+        "data.packed_source_length=256",
+        "data.packed_target_length=64",
+        "train.batch_size=4",  # rows, each holding several examples
+        "train.eval_every=0",
+    ]
+    with caplog.at_level(logging.INFO):
+        uninterrupted = train_and_evaluate(
+            tiny_config([*packed, f"train.workdir={tmp_path / 'whole'}"])
+        )
+    rows = int(re.search(r"96 examples packed into (\d+) rows", caplog.text).group(1))
+    assert rows < 96 / 2  # at least two examples per row on average
+    steps_per_epoch = rows // 4
+    assert steps_per_epoch < 7 and 7 % steps_per_epoch  # step 7 below: mid-epoch, not the first
+    assert len(uninterrupted.train_losses) == 12
+    assert np.mean(uninterrupted.train_losses[-3:]) < np.mean(uninterrupted.train_losses[:3]) - 0.3
+
+    # Stopped by a preemption notice mid-epoch, then rerun: the same losses and params.
+    resumed_config = tiny_config([*packed, f"train.workdir={tmp_path / 'resumed'}"])
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.PreemptionWatcher, "reached", lambda self, step: step == 7)
+        assert train_and_evaluate(resumed_config).preempted
+    resumed = train_and_evaluate(resumed_config)
+    assert resumed.start_step == 7
+    np.testing.assert_allclose(resumed.train_losses, uninterrupted.train_losses, rtol=0, atol=1e-6)
+    for a, b in zip(
+        jax.tree.leaves(resumed.state.params),
+        jax.tree.leaves(uninterrupted.state.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
