@@ -4,7 +4,6 @@ import csv
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tiny_models import save_tiny_model
 
@@ -82,4 +81,9 @@ def test_predict_reports_a_blank_line_with_its_number(model_dir, tmp_path, caplo
 def test_lead_sentence():
     assert lead_sentence("첫 문장이다. 둘째 문장이다.") == "첫 문장이다."
     assert lead_sentence("마침표 없는 기사") == "마침표 없는 기사"
-    assert np.all([lead_sentence(text) for text in articles(3)])
+    assert lead_sentence("  질문인가? 답이다!  다음.") == "질문인가?"
+    # On real articles: the lead is the article's first sentence, a proper prefix of it.
+    for text in articles(3):
+        lead = lead_sentence(text)
+        assert text.strip().startswith(lead)
+        assert lead[-1] in ".!?" and len(lead) < len(text.strip())
