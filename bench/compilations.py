@@ -61,19 +61,9 @@ def main() -> None:
     trainer = flax_training.Trainer(
         model_shapes.bart_config(args.model), args.steps, "float32", args.seed
     )
-    source_buckets, target_buckets = synthetic_data.kobart_base_buckets()
     # One epoch of exactly ``steps`` batches.
     examples = synthetic_data.dacon_like_examples(args.steps * args.batch_size, args.seed)
-    batches = batching.train_batches(
-        examples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        epoch=0,
-        source_buckets=source_buckets,
-        target_buckets=target_buckets,
-        pad_token_id=model_shapes.PAD,
-        decoder_start_token_id=model_shapes.DECODER_START,
-    )
+    batches = synthetic_data.kobart_base_batches(examples, args.batch_size, args.seed)
 
     setup_compiles = counter.count
     seen: set[tuple[int, int]] = set()

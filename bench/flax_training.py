@@ -38,6 +38,7 @@ class Trainer:
             self.mesh,
             grad_accum_steps=1,
             label_smoothing=0.0,
+            freeze_final_logits_bias=True,  # as the PyTorch baseline (a buffer there)
         )
 
     def place(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

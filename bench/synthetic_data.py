@@ -5,11 +5,13 @@ KoBART tokens (truncated at 512, the original max_len), summaries 20-80 tokens. 
 uniform over the ordinary vocabulary; the content does not change the cost of a step.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from bench.model_shapes import BOS, EOS, VOCAB_SIZE
+from bench.model_shapes import BOS, DECODER_START, EOS, PAD, VOCAB_SIZE
+from kobart_flax import batching
 from kobart_flax.config import load_config
 from kobart_flax.tokenization import EncodedExample
 
@@ -59,6 +61,23 @@ def kobart_base_buckets() -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(source, target) buckets of configs/kobart_base.py: pad exactly as the real job does."""
     data = load_config(str(KOBART_BASE_CONFIG)).data
     return data.source_buckets, data.target_buckets
+
+
+def kobart_base_batches(
+    examples: list[EncodedExample], batch_size: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Epoch 0 of ``batching.train_batches`` with configs/kobart_base.py's buckets."""
+    source_buckets, target_buckets = kobart_base_buckets()
+    return batching.train_batches(
+        examples,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=0,
+        source_buckets=source_buckets,
+        target_buckets=target_buckets,
+        pad_token_id=PAD,
+        decoder_start_token_id=DECODER_START,
+    )
 
 
 def real_tokens(batch: dict[str, np.ndarray]) -> int:

@@ -91,17 +91,7 @@ def bench_batches(args: argparse.Namespace) -> list[dict]:
             decoder_start_token_id=model_shapes.DECODER_START,
         )
         return [next(batches) for _ in range(args.steps)]
-    source_buckets, target_buckets = synthetic_data.kobart_base_buckets()
-    batches = batching.train_batches(
-        examples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        epoch=0,
-        source_buckets=source_buckets,
-        target_buckets=target_buckets,
-        pad_token_id=model_shapes.PAD,
-        decoder_start_token_id=model_shapes.DECODER_START,
-    )
+    batches = synthetic_data.kobart_base_batches(examples, args.batch_size, args.seed)
     return [next(batches) for _ in range(args.steps)]
 
 

@@ -68,6 +68,7 @@ def get_config() -> Config:
         weight_decay=0.01,  # off biases and LayerNorm, as in the original
         max_grad_norm=1.0,
         label_smoothing=0.0,
+        freeze_final_logits_bias=True,  # a buffer in PyTorch BART: the original never trained it
         # 34,242 rows / 512 = 66 steps per epoch, ~660 in all: evaluate every ~1.5 epochs.
         eval_every=100,
         eval_max_batches=0,  # the whole test set: 8,501 rows = 17 batches of 512

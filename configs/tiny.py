@@ -54,6 +54,9 @@ def get_config() -> Config:
         weight_decay=0.01,
         max_grad_norm=1.0,
         label_smoothing=0.0,
+        # Trained from scratch, the bias learns the summaries' token frequencies: frozen at
+        # zero, eval loss at step 1000 was 1.12 instead of 0.98 (ROUGE-1 0.72 vs 0.76).
+        freeze_final_logits_bias=False,
         eval_every=100,  # each eval is cheap: 200 test rows
         eval_max_batches=0,
         log_every=20,

@@ -84,6 +84,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.0
+    # PyTorch BART keeps final_logits_bias as a buffer, so the original recipe never
+    # trained it; frozen, it also costs no [tokens, vocab] gradient reduction per step.
+    freeze_final_logits_bias: bool = True
     eval_every: int = 200  # steps; 0 = only at the end
     eval_max_batches: int = 0  # 0 = whole eval set
     log_every: int = 20

@@ -24,6 +24,8 @@ import os
 import threading
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from kobart_flax.config import ConfigError
 
@@ -204,3 +206,15 @@ def check_topology(expected_processes: int, expected_devices: int) -> None:
             "start it on the topology it was written for, or override "
             "mesh.expected_processes / mesh.expected_devices (0 = don't check)"
         )
+
+
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
+    """Element-wise sum of a host-local array over all processes, returned to every one.
+
+    A collective: every process must call it, with the same shape. Float values travel as
+    float32 (jax's default precision).
+    """
+    if jax.process_count() == 1:
+        return values
+    # [processes, ...] --> [...]
+    return np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)

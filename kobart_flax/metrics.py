@@ -65,10 +65,19 @@ def rouge(
     predictions: Sequence[str], references: Sequence[str], tokenization: str = "mecab"
 ) -> dict[str, float]:
     """Mean ROUGE-1/2/L over examples: keys like ``rouge1_f``, ``rouge2_p``, ``rougeL_r``."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         raise ValueError("no predictions to score")
+    totals = rouge_totals(predictions, references, tokenization)
+    return {name: total / len(predictions) for name, total in totals.items()}
+
+
+def rouge_totals(
+    predictions: Sequence[str], references: Sequence[str], tokenization: str = "mecab"
+) -> dict[str, float]:
+    """Sums over examples of what :func:`rouge` averages: parts of a sample (one per host)
+    add up to the whole sample's sums."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=make_tokenizer(tokenization))
     totals = {f"{kind}_{part}": 0.0 for kind in ROUGE_TYPES for part in "fpr"}
     for prediction, reference in zip(predictions, references, strict=True):
@@ -77,4 +86,4 @@ def rouge(
             totals[f"{kind}_f"] += scores[kind].fmeasure
             totals[f"{kind}_p"] += scores[kind].precision
             totals[f"{kind}_r"] += scores[kind].recall
-    return {name: total / len(predictions) for name, total in totals.items()}
+    return totals

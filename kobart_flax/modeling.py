@@ -548,11 +548,7 @@ class BartForConditionalGenerationModule(nn.Module):
             cache_length,
         )
         logits = self.model.shared.attend(hidden_states)
-        # PyTorch BART keeps final_logits_bias as a buffer: loaded and saved, never trained.
-        # No gradient here either, so fine-tuning follows the original recipe (and skips a
-        # [tokens, vocab] reduction per step).
-        bias = jax.lax.stop_gradient(self.final_logits_bias)
-        return logits + bias.astype(self.dtype)
+        return logits + self.final_logits_bias.astype(self.dtype)
 
     def __call__(
         self,

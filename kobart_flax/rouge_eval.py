@@ -6,9 +6,12 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
+from kobart_flax import distributed
 from kobart_flax.config import Config
 from kobart_flax.data_io import Example
-from kobart_flax.metrics import rouge
+from kobart_flax.metrics import rouge_totals
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 from kobart_flax.summarize import Summarizer
 
@@ -21,8 +24,10 @@ ROUGE_METRICS = {"rouge1": "rouge1_f", "rouge2": "rouge2_f", "rougeL": "rougeL_f
 class RougeEvaluator:
     """Summarizes a fixed sample of the eval set and scores it against the references.
 
-    Every host generates the whole sample with replicated params (the sample is small next
-    to training), so every host gets the same metrics without a gather.
+    On a pod each host summarizes every ``process_count``-th example of the sample (with a
+    whole copy of the params on its own devices, no collective while generating); the
+    ROUGE sums are then added up over the hosts, so every host reports the metrics of the
+    whole sample.
     """
 
     def __init__(
@@ -31,9 +36,13 @@ class RougeEvaluator:
         tokenizer,
         config: Config,
         examples: Sequence[Example],
+        process_index: int = 0,
+        process_count: int = 1,
     ):
         count = config.train.rouge_examples or len(examples)
-        self.examples = list(examples[:count])
+        self.sample_size = min(count, len(examples))
+        # Strided rather than contiguous: the hosts get articles of similar lengths.
+        self.examples = list(examples[:count])[process_index::process_count]
         self.every = config.train.rouge_every
         self.tokenization = config.train.rouge_tokenization
         decoding = config.decoding
@@ -58,12 +67,21 @@ class RougeEvaluator:
 
     def __call__(self, params) -> dict[str, float]:
         started = time.perf_counter()
-        predictions = self.summarizer.summarize(params, [e.news for e in self.examples])
-        scores = rouge(predictions, [e.summary for e in self.examples], self.tokenization)
+        predictions = (
+            self.summarizer.summarize(params, [e.news for e in self.examples])
+            if self.examples
+            else []
+        )
+        totals = rouge_totals(predictions, [e.summary for e in self.examples], self.tokenization)
+        sums = distributed.sum_over_processes(
+            np.array([totals[key] for key in ROUGE_METRICS.values()])
+        )
         logger.info(
-            "ROUGE on %d eval examples in %.1fs; e.g. %r",
+            "ROUGE on %d eval examples (%d generated on this host) in %.1fs; e.g. %r",
+            self.sample_size,
             len(self.examples),
             time.perf_counter() - started,
-            predictions[0][:80],
+            predictions[0][:80] if predictions else "",
         )
-        return {name: scores[key] for name, key in ROUGE_METRICS.items()}
+        means = sums / self.sample_size
+        return {name: float(mean) for name, mean in zip(ROUGE_METRICS, means, strict=True)}

@@ -81,8 +81,13 @@ def train_step(
     schedule: optax.Schedule,
     grad_accum_steps: int,
     label_smoothing: float,
+    frozen: tuple[str, ...] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step over a global batch, accumulated over micro-batches."""
+    """One optimizer step over a global batch, accumulated over micro-batches.
+
+    ``frozen`` top-level params (e.g. ``final_logits_bias``) get a zero gradient, so AdamW
+    leaves them as they are, and XLA drops the work of their gradient.
+    """
     step_key = jax.random.fold_in(state.dropout_key, state.step)
 
     def micro_batch_grads(carry, micro):
@@ -90,6 +95,10 @@ def train_step(
         micro_key = jax.random.fold_in(step_key, index)
 
         def loss_sum_fn(params):
+            params = {
+                name: jax.lax.stop_gradient(value) if name in frozen else value
+                for name, value in params.items()
+            }
             return summed_loss(apply_fn, params, micro_batch, label_smoothing, micro_key)
 
         (loss_sum, tokens), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(state.params)

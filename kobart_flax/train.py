@@ -163,6 +163,7 @@ def make_train_step(
     *,
     grad_accum_steps: int,
     label_smoothing: float,
+    freeze_final_logits_bias: bool,
 ):
     """``steps.train_step`` jitted for the mesh: (state, global batch) -> (state, metrics).
 
@@ -177,6 +178,7 @@ def make_train_step(
             schedule=schedule,
             grad_accum_steps=grad_accum_steps,
             label_smoothing=label_smoothing,
+            frozen=("final_logits_bias",) if freeze_final_logits_bias else (),
         ),
         in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
         out_shardings=(state_sharding, sharding.replicated(mesh)),
@@ -398,7 +400,14 @@ def train_and_evaluate(config: Config) -> TrainResult:
             train_batches,
             eval_examples,
             total_steps,
-            RougeEvaluator(start.model, tokenizer, config, raw_eval_examples)
+            RougeEvaluator(
+                start.model,
+                tokenizer,
+                config,
+                raw_eval_examples,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
             if train_config.rouge_every
             else None,
         )
@@ -455,6 +464,7 @@ def _train_loop(
         mesh,
         grad_accum_steps=train_config.grad_accum_steps,
         label_smoothing=train_config.label_smoothing,
+        freeze_final_logits_bias=train_config.freeze_final_logits_bias,
     )
     eval_step = jax.jit(
         functools.partial(steps.eval_step, apply_fn=model.module.apply),
@@ -478,7 +488,7 @@ def _train_loop(
             batches = itertools.islice(batches, train_config.eval_max_batches)
         metrics = {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
         if rouge_evaluator is not None and rouge_evaluator.due(step, total_steps):
-            # Generation runs on each host alone, on a whole copy of the params.
+            # Each host generates its share of the sample alone, on a whole copy of the params.
             metrics.update(rouge_evaluator(sharding.local_replica(params, mesh)))
         return metrics
 

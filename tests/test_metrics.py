@@ -3,7 +3,7 @@
 import pytest
 from rouge_score import rouge_scorer
 
-from kobart_flax.metrics import clean, rouge
+from kobart_flax.metrics import clean, rouge, rouge_totals
 
 REFERENCE = "정부는 내일 새 정책을 발표한다"
 # Mecab: 정부 는 내일 새 정책 을 발표 한다        (8 morphemes)
@@ -54,3 +54,14 @@ def test_scores_are_means_over_examples():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="1 predictions for 2 references"):
         rouge(["a"], ["a", "b"])
+
+
+def test_totals_of_parts_add_up_to_the_whole_samples_mean():
+    """What hosts summing their parts of a ROUGE sample rely on."""
+    predictions = [PREDICTION, "전혀 다른 문장", REFERENCE]
+    references = [REFERENCE, REFERENCE, "정부는 새 정책을"]
+    whole = rouge(predictions, references, "whitespace")
+    parts = [rouge_totals(predictions[i::2], references[i::2], "whitespace") for i in range(2)]
+    for name, mean in whole.items():
+        assert parts[0][name] + parts[1][name] == pytest.approx(3 * mean)
+    assert rouge_totals([], [], "whitespace")["rouge1_f"] == 0.0

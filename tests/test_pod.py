@@ -125,3 +125,27 @@ def test_a_config_for_16_devices_stops_at_once_on_8(tmp_path):
             "on cpu"
         ) in log
         assert "Traceback" not in log
+
+
+def test_pod_rouge_covers_the_whole_sample_once(train_args, tmp_path):
+    """Each of 2 hosts summarizes half the ROUGE sample; the sums add up over the hosts."""
+    args = [
+        *train_args,
+        "train.rouge_every=3",
+        "train.rouge_tokenization=character",
+        "decoding.num_beams=2",
+        "decoding.max_length=8",
+        "decoding.batch_size=4",
+    ]
+    metrics = {}
+    for name, processes, devices in (("pod", 2, 2), ("one_device", 1, 1)):
+        train(tmp_path / name, processes, devices, args)
+        [(_, metrics[name])] = checkpoint.read_history(tmp_path / name / "checkpoints")[
+            "evaluations"
+        ]
+    assert {"rouge1", "rouge2", "rougeL"} <= metrics["pod"].keys()
+    for name in ("rouge1", "rouge2", "rougeL"):
+        assert metrics["pod"][name] == pytest.approx(metrics["one_device"][name], rel=1e-6)
+    assert 0.0 < metrics["pod"]["rouge1"] < 1.0
+    log = (tmp_path / "pod" / "logs" / "process_0.log").read_text(encoding="utf-8")
+    assert "ROUGE on 13 eval examples (7 generated on this host)" in log

@@ -154,18 +154,23 @@ def test_weight_decay_skips_biases_and_layer_norms(model):
     assert mask["final_logits_bias"] is False
 
 
-def test_final_logits_bias_is_used_but_not_trained(model):
+def test_frozen_final_logits_bias_is_used_but_not_trained(model):
     """As in PyTorch BART, where final_logits_bias is a buffer rather than a parameter."""
     params = dict(model.params)
     params["final_logits_bias"] = jnp.linspace(-1.0, 1.0, 50)[None, :]
-    state, step = make_step(model, params=params)
     batch = make_batch()
-    for _ in range(3):
-        state, _ = jax.jit(step)(state, batch)
-    np.testing.assert_array_equal(state.params["final_logits_bias"], params["final_logits_bias"])
-    assert not np.allclose(
-        state.params["model"]["shared"]["embedding"], params["model"]["shared"]["embedding"]
-    )
+    for frozen in ((), ("final_logits_bias",)):
+        state, step = make_step(model, params=params)
+        step = jax.jit(functools.partial(step, frozen=frozen))
+        for _ in range(3):
+            state, _ = step(state, batch)
+        bias_changed = not np.array_equal(
+            state.params["final_logits_bias"], params["final_logits_bias"]
+        )
+        assert bias_changed == (not frozen)
+        assert not np.allclose(
+            state.params["model"]["shared"]["embedding"], params["model"]["shared"]["embedding"]
+        )
     # The forward pass still adds it: a different bias gives a different loss.
     loss_with_bias, _ = steps.summed_loss(model.module.apply, params, batch, 0.0, None)
     loss_without, _ = steps.summed_loss(model.module.apply, model.params, batch, 0.0, None)
