@@ -149,3 +149,20 @@ def test_pod_rouge_covers_the_whole_sample_once(train_args, tmp_path):
     assert 0.0 < metrics["pod"]["rouge1"] < 1.0
     log = (tmp_path / "pod" / "logs" / "process_0.log").read_text(encoding="utf-8")
     assert "ROUGE on 13 eval examples (7 generated on this host)" in log
+
+
+def test_packed_rows_on_a_pod_give_the_one_device_losses(train_args, tmp_path):
+    """Each of 2 hosts reads its half of every batch of packed rows."""
+    args = [
+        *train_args,
+        "data.packing=true",
+        "data.packed_source_length=128",
+        "data.packed_target_length=64",
+        "train.batch_size=8",  # rows
+    ]
+    pod = train(tmp_path / "pod", 2, 2, args)
+    one_device = train(tmp_path / "one_device", 1, 1, args)
+    np.testing.assert_allclose(pod, one_device, rtol=1e-5)
+    assert len(set(pod[:STEPS])) == STEPS
+    log = (tmp_path / "pod" / "logs" / "process_0.log").read_text(encoding="utf-8")
+    assert "96 examples packed into" in log
