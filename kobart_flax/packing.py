@@ -14,11 +14,12 @@ Rows are packed once per run from a seeded shuffle and their order is a function
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from kobart_flax.batching import shift_right
+from kobart_flax.batching import num_train_batches, shift_right
 from kobart_flax.tokenization import EncodedExample
 
 
@@ -70,11 +71,12 @@ class RowSizes:
     target_lengths: np.ndarray
     target_length: int
 
-    @property
+    # Computed once per window: the fill rules read them at every pick.
+    @functools.cached_property
     def source_fraction(self) -> np.ndarray:
         return self.source_lengths / self.source_length
 
-    @property
+    @functools.cached_property
     def target_fraction(self) -> np.ndarray:
         return self.target_lengths / self.target_length
 
@@ -151,13 +153,6 @@ def pack_examples(
     return pack_rows(examples, order, source_length, target_length)
 
 
-def num_packed_batches(row_count: int, rows_per_batch: int) -> int:
-    """Full global batches of packed rows per epoch (the remainder is dropped)."""
-    if rows_per_batch <= 0:
-        raise ValueError(f"rows_per_batch must be positive, got {rows_per_batch}")
-    return row_count // rows_per_batch
-
-
 def collate_packed(
     examples: Sequence[EncodedExample],
     rows: Sequence[Sequence[int]],
@@ -217,7 +212,7 @@ def packed_batches(
     """
     if rows_per_batch % process_count:
         raise ValueError(f"{rows_per_batch} rows per batch do not split over {process_count} hosts")
-    batch_count = num_packed_batches(len(rows), rows_per_batch)
+    batch_count = num_train_batches(len(rows), rows_per_batch)
     if not 0 <= start_batch <= batch_count:
         raise ValueError(f"start_batch must be in [0, {batch_count}], got {start_batch}")
     order = np.random.default_rng((seed, epoch)).permutation(len(rows))

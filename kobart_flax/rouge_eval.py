@@ -42,7 +42,7 @@ class RougeEvaluator:
         count = config.train.rouge_examples or len(examples)
         self.sample_size = min(count, len(examples))
         # Strided rather than contiguous: the hosts get articles of similar lengths.
-        self.examples = list(examples[:count])[process_index::process_count]
+        self.host_examples = list(examples[:count])[process_index::process_count]
         self.every = config.train.rouge_every
         self.tokenization = config.train.rouge_tokenization
         decoding = config.decoding
@@ -68,18 +68,19 @@ class RougeEvaluator:
     def __call__(self, params) -> dict[str, float]:
         started = time.perf_counter()
         predictions = (
-            self.summarizer.summarize(params, [e.news for e in self.examples])
-            if self.examples
+            self.summarizer.summarize(params, [e.news for e in self.host_examples])
+            if self.host_examples
             else []
         )
-        totals = rouge_totals(predictions, [e.summary for e in self.examples], self.tokenization)
+        references = [e.summary for e in self.host_examples]
+        totals = rouge_totals(predictions, references, self.tokenization)
         sums = distributed.sum_over_processes(
             np.array([totals[key] for key in ROUGE_METRICS.values()])
         )
         logger.info(
             "ROUGE on %d eval examples (%d generated on this host) in %.1fs; e.g. %r",
             self.sample_size,
-            len(self.examples),
+            len(self.host_examples),
             time.perf_counter() - started,
             predictions[0][:80] if predictions else "",
         )

@@ -48,9 +48,8 @@ class TrainBatches:
 
     @property
     def steps_per_epoch(self) -> int:
-        if self.rows is None:
-            return batching.num_train_batches(len(self.examples), self.batch_size)
-        return packing.num_packed_batches(len(self.rows), self.batch_size)
+        sequences = self.examples if self.rows is None else self.rows
+        return batching.num_train_batches(len(sequences), self.batch_size)
 
     def describe(self) -> str:
         """One line for the log: what a batch holds, and how much of it is padding."""

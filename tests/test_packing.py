@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from transformers import BartConfig
+from tiny_models import tiny_kobart_config
 
 from kobart_flax import packing, steps
-from kobart_flax.batching import eval_batches
+from kobart_flax.batching import eval_batches, num_train_batches
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 from kobart_flax.tokenization import EncodedExample
 
@@ -26,20 +26,8 @@ def random_examples(count, seed=0, source=(5, 30), target=(3, 10)):
 
 @pytest.fixture(scope="module")
 def model():
-    config = BartConfig(
-        vocab_size=60,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=128,
-        pad_token_id=PAD,
-        decoder_start_token_id=START,
-        init_std=0.2,
-    )
+    config = tiny_kobart_config(60)
+    assert (config.pad_token_id, config.decoder_start_token_id) == (PAD, START)
     return FlaxBartForConditionalGeneration(config, seed=1)
 
 
@@ -112,7 +100,7 @@ def test_epochs_reorder_the_same_rows():
         list(packing.packed_batches(examples, rows, **packed_options(epoch=epoch)))
         for epoch in (0, 1)
     ]
-    assert len(epochs[0]) == len(epochs[1]) == packing.num_packed_batches(len(rows), 4) > 1
+    assert len(epochs[0]) == len(epochs[1]) == num_train_batches(len(rows), 4) > 1
     first, second = (np.concatenate([b["input_ids"] for b in batches]) for batches in epochs)
     assert not np.array_equal(first, second)
     # Rows of the one packing, in another order (each epoch drops a different remainder).

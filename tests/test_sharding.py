@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from transformers import BartConfig
+from tiny_models import tiny_kobart_config
 
 from kobart_flax import FlaxBartForConditionalGeneration, optim, sharding, train
 from kobart_flax.config import (
@@ -255,17 +255,7 @@ def test_kobart_base_wants_a_v4_32():
 
 def test_train_state_is_created_in_its_sharded_layout():
     """Under FSDP no device, so no host, ever holds a whole Adam moment; values unchanged."""
-    bart_config = BartConfig(
-        vocab_size=64,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=34,
-    )
+    bart_config = tiny_kobart_config(64)
     model = FlaxBartForConditionalGeneration(bart_config, jnp.float32, params={})
     optimizer = optim.make_optimizer(optim.learning_rate_schedule(1e-3, 10, 0.1), 0.01, 1.0)
     sharded, _ = train.create_sharded_state(

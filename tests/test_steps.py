@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from transformers import BartConfig
+from tiny_models import tiny_kobart_config
 
 from kobart_flax import optim, sharding, steps
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
@@ -16,21 +16,9 @@ PAD = 3
 
 @pytest.fixture(scope="module")
 def model():
-    config = BartConfig(
-        vocab_size=50,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=32,
-        dropout=0.0,  # deterministic, so different batch splits must agree exactly
-        attention_dropout=0.0,
-        pad_token_id=PAD,
-        decoder_start_token_id=1,
-    )
+    # No dropout: deterministic, so different batch splits must agree exactly.
+    config = tiny_kobart_config(50, dropout=0.0, attention_dropout=0.0)
+    assert config.pad_token_id == PAD
     return FlaxBartForConditionalGeneration(config, seed=0)
 
 

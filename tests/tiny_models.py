@@ -10,8 +10,9 @@ from kobart_flax.tokenization import load_tokenizer
 SAMPLE_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "sample" / "tokenizer"
 
 
-def tiny_kobart_config(vocab_size: int) -> BartConfig:
-    """1+1 layers, d_model 32, KoBART's special ids and position table."""
+def tiny_kobart_config(vocab_size: int, **overrides) -> BartConfig:
+    """1+1 layers, d_model 32, KoBART's special ids and position table; ``overrides`` are
+    further ``BartConfig`` fields."""
     return BartConfig(
         vocab_size=vocab_size,
         d_model=32,
@@ -28,6 +29,7 @@ def tiny_kobart_config(vocab_size: int) -> BartConfig:
         pad_token_id=3,
         decoder_start_token_id=1,
         forced_eos_token_id=1,
+        **overrides,
     )
 
 
