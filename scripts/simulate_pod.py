@@ -6,9 +6,12 @@
 Each process gets M simulated CPU devices (set before JAX starts) and joins the others
 through a coordinator on 127.0.0.1, exactly as the hosts of a TPU VM pod do, with CPU
 collectives (gloo) in place of the chip interconnect. The command prints every process's
-exit status and log file, and exits nonzero if any process failed. When one process fails,
-the others would wait for it in their next collective: after a grace period they are
-stopped and reported as such.
+exit status and log file, and exits nonzero if any process failed. When one process dies,
+the others exit by themselves within ``--heartbeat-timeout`` seconds, naming it; any still
+running after a grace period beyond that are stopped and reported as such.
+
+``--kill I`` plays a dead host: it SIGKILLs process I once process 0's log shows
+``--kill-after`` (default: the first logged step).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,8 +29,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO / "train_flax.py"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-# After a process fails, how long the others may take to notice and exit by themselves.
-FAILURE_GRACE_SECONDS = 20.0
+# Shorter than on a real pod (kobart_flax.distributed's default): a simulated pod is a test.
+HEARTBEAT_TIMEOUT_SECONDS = 30
+# Beyond the heartbeat timeout, how long the others may take to exit by themselves after a
+# process failed: a loaded machine slows the watchdog's beats and the exit.
+FAILURE_GRACE_MARGIN_SECONDS = 30.0
 STOP_SECONDS = 10.0  # between SIGTERM and SIGKILL
 POLL_SECONDS = 0.2
 
@@ -37,13 +44,17 @@ class ProcessResult:
     returncode: int | None  # None: still running when stopped by the simulator
     log_path: Path
     stopped: str = ""  # why the simulator stopped it, if it did
+    killed: bool = False  # by the simulator's --kill, as a dead host
+    ended: float | None = None  # time.monotonic() when its exit was seen
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.stopped
 
     def describe(self) -> str:
-        if self.stopped:
+        if self.killed:
+            status = "killed by the simulator (SIGKILL, as a dead host)"
+        elif self.stopped:
             status = f"stopped by the simulator ({self.stopped})"
         elif self.returncode == 0:
             status = "exit 0"
@@ -73,7 +84,11 @@ def process_env(devices: int, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def process_command(
-    train_args: list[str], processes: int, process_id: int, coordinator: str
+    train_args: list[str],
+    processes: int,
+    process_id: int,
+    coordinator: str,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_SECONDS,
 ) -> list[str]:
     command = [sys.executable, str(TRAIN_SCRIPT), *train_args]
     if processes > 1:
@@ -84,8 +99,18 @@ def process_command(
             str(processes),
             "--process_id",
             str(process_id),
+            "--heartbeat_timeout",
+            str(heartbeat_timeout),
         ]
     return command
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """SIGKILL one process, as a host that dies, once process 0's log shows ``after``."""
+
+    process_id: int
+    after: str = "step 1/"
 
 
 def run_pod(
@@ -95,10 +120,14 @@ def run_pod(
     log_dir: Path,
     timeout: float,
     env: dict[str, str] | None = None,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_SECONDS,
+    kill: Kill | None = None,
 ) -> list[ProcessResult]:
     """Starts the processes, waits for all of them, returns one result per process."""
     if processes < 1 or devices < 1:
         raise ValueError(f"need at least one process and one device, got {processes} x {devices}")
+    if kill is not None and not 0 <= kill.process_id < processes:
+        raise ValueError(f"cannot kill process {kill.process_id} of {processes}")
     log_dir.mkdir(parents=True, exist_ok=True)
     coordinator = f"127.0.0.1:{free_port()}"
     running: list[tuple[subprocess.Popen, ProcessResult]] = []
@@ -106,7 +135,7 @@ def run_pod(
         log_path = log_dir / f"process_{process_id}.log"
         with open(log_path, "w", encoding="utf-8") as log:
             popen = subprocess.Popen(
-                process_command(train_args, processes, process_id, coordinator),
+                process_command(train_args, processes, process_id, coordinator, heartbeat_timeout),
                 cwd=REPO,
                 env=process_env(devices, env),
                 stdout=log,
@@ -115,19 +144,35 @@ def run_pod(
         running.append((popen, ProcessResult(process_id, None, log_path)))
 
     deadline = time.monotonic() + timeout
+    grace = heartbeat_timeout + FAILURE_GRACE_MARGIN_SECONDS
     failed_at: float | None = None
     while any(popen.poll() is None for popen, _ in running):
         now = time.monotonic()
+        for popen, result in running:
+            if result.ended is None and popen.poll() is not None:
+                result.ended = now
+        if kill is not None and not running[kill.process_id][1].killed:
+            _kill_when_logged(running, kill)
         if failed_at is None and any(popen.poll() not in (None, 0) for popen, _ in running):
             failed_at = now
         if now > deadline:
             _stop(running, f"timeout after {timeout:.0f} s")
-        elif failed_at is not None and now > failed_at + FAILURE_GRACE_SECONDS:
+        elif failed_at is not None and now > failed_at + grace:
             _stop(running, "another process failed")
         time.sleep(POLL_SECONDS)
     for popen, result in running:
         result.returncode = popen.returncode
+        if result.ended is None:
+            result.ended = time.monotonic()
     return [result for _, result in running]
+
+
+def _kill_when_logged(running: list[tuple[subprocess.Popen, ProcessResult]], kill: Kill) -> None:
+    log = running[0][1].log_path.read_text(encoding="utf-8", errors="replace")
+    if kill.after in log:
+        popen, result = running[kill.process_id]
+        popen.send_signal(signal.SIGKILL)
+        result.killed = True
 
 
 def _stop(running: list[tuple[subprocess.Popen, ProcessResult]], reason: str) -> None:
@@ -159,11 +204,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-dir", type=Path, default=Path("runs/simulated_pod/logs"))
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=HEARTBEAT_TIMEOUT_SECONDS,
+        help="seconds after which a silent process is taken for dead by the others; "
+        f"default {HEARTBEAT_TIMEOUT_SECONDS}",
+    )
+    parser.add_argument(
+        "--kill", type=int, metavar="I", help="SIGKILL process I during training (a dead host)"
+    )
+    parser.add_argument(
+        "--kill-after",
+        default=Kill.after,
+        metavar="TEXT",
+        help=f"kill once process 0's log shows TEXT; default {Kill.after!r}",
+    )
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of train_flax.py")
     args = parser.parse_args(argv)
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
 
-    results = run_pod(args.processes, args.devices, train_args, args.log_dir, args.timeout)
+    kill = None if args.kill is None else Kill(args.kill, args.kill_after)
+    results = run_pod(
+        args.processes,
+        args.devices,
+        train_args,
+        args.log_dir,
+        args.timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
+        kill=kill,
+    )
     for result in results:
         print(result.describe())
         if not result.ok:
