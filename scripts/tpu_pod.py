@@ -2,19 +2,27 @@
 
     python -m scripts.tpu_pod --name kobart --zone us-central2-b run -- \\
         train.workdir=gs://BUCKET/kobart_base
+    python -m scripts.tpu_pod --name kobart --zone us-central2-b --spot --queued \\
+        run --until-done -- train.workdir=gs://BUCKET/kobart_base
     python -m scripts.tpu_pod --name kobart --zone us-central2-b --dry-run run -- ...
 
 Actions (each prints the commands it runs; ``--dry-run`` only prints them):
 
-- ``create``: create the TPU VM, or reuse it when ``describe`` finds it.
+- ``create``: make sure a READY TPU VM exists: reuse a READY one, wait for one being created,
+  delete and recreate a PREEMPTED (or otherwise unusable) one, create a missing one. With
+  ``--queued`` the VM is requested as a queued resource (Google's route to Spot v4 capacity)
+  and ``create`` waits until the request is ACTIVE.
 - ``setup``: pack this checkout's code (git-tracked and untracked, not ignored) and the data
   files, copy both to every worker, install ``requirements-tpu.txt`` into ``.venv`` there.
 - ``train``: run ``train_flax.py --config CONFIG ARGS`` on every worker at once, each logging
-  to ``~/kobart-flax/logs/train.log``; with ``--detach`` it keeps running after ssh returns.
+  to ``~/kobart-flax/logs/train.log``; with ``--detach`` it keeps running after ssh returns
+  and each start appends to the log under a timestamped header.
 - ``logs``: copy every worker's log to ``--log-dir/worker_<i>.log``.
 - ``stop``: stop training on every worker (a SIGTERM: the run checkpoints, then exits).
-- ``delete``: delete the TPU VM.
-- ``run``: create, setup, train, logs.
+- ``delete``: delete the TPU VM (with ``--queued``: its queued resource too).
+- ``run``: create, setup, train, logs. With ``--until-done``, a training command that ends
+  with the VM no longer READY (preempted) is followed by create (which recreates the VM),
+  setup and the same training command, up to ``--max-attempts`` times.
 
 Rerunning ``train`` with the same ``train.workdir`` resumes from its newest checkpoint; keep
 the workdir on ``gs://`` so it outlives the VM.
@@ -28,6 +36,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,13 +59,25 @@ CODE_PATHS = (
 # v2/v3/v4 accelerator types count TensorCores: 2 per chip, 4 chips per worker.
 CORES_PER_WORKER = 8
 ACTIONS = ("create", "setup", "train", "logs", "stop", "delete", "run")
+# `tpu-vm describe --format=value(state)`: READY is usable, CREATING will be; any other state
+# (PREEMPTED, TERMINATED, STOPPED, REPAIRING, ...) is replaced rather than waited for.
+VM_READY = "READY"
+VM_IN_PROGRESS = ("CREATING",)
+# `queued-resources describe --format=value(state.state)`: the request is still on its way
+# in these states; SUSPENDED (its Spot VM was preempted), FAILED and the rest are replaced.
+QUEUED_READY = "ACTIVE"
+QUEUED_IN_PROGRESS = ("CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES")
+
+
+class LaunchError(Exception):
+    """A step that cannot go on; main prints it as one line."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
     argv: list[str]
     why: str
-    # Run only if the previous command failed (create after a failed describe).
+    # Printed by --dry-run only: the command runs only if the previous one failed.
     unless_previous_succeeded: bool = False
 
 
@@ -68,15 +89,24 @@ class Pod:
     accelerator_type: str
     version: str
     spot: bool
+    queued: bool
     workers: int
 
-    def gcloud(self, verb: str, *args: str) -> list[str]:
-        """``gcloud compute tpus tpu-vm VERB ARGS --zone=Z [--project=P]``."""
-        argv = ["gcloud", "compute", "tpus", "tpu-vm", verb, *args, f"--zone={self.zone}"]
+    def gcloud(self, verb: str, *args: str, group: str = "tpu-vm") -> list[str]:
+        """``gcloud compute tpus GROUP VERB ARGS --zone=Z [--project=P]``."""
+        argv = ["gcloud", "compute", "tpus", group, verb, *args, f"--zone={self.zone}"]
         return argv + ([f"--project={self.project}"] if self.project else [])
 
     def on_all_workers(self, command: str) -> list[str]:
         return self.gcloud("ssh", self.name, "--worker=all", f"--command={command}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    """How ``create`` polls a VM or queued resource that is on its way."""
+
+    poll_seconds: float
+    max_wait_seconds: float
 
 
 def workers_of(accelerator_type: str) -> int:
@@ -87,17 +117,57 @@ def workers_of(accelerator_type: str) -> int:
     return max(1, int(match.group(1)) // CORES_PER_WORKER)
 
 
-def create_commands(pod: Pod) -> list[Command]:
-    create = pod.gcloud(
+def vm_state_command(pod: Pod) -> Command:
+    return Command(
+        pod.gcloud("describe", pod.name, "--format=value(state)"),
+        "the TPU VM's state: READY is reused, CREATING awaited, "
+        "PREEMPTED or any other deleted and recreated",
+    )
+
+
+def queued_state_command(pod: Pod) -> Command:
+    return Command(
+        pod.gcloud("describe", pod.name, "--format=value(state.state)", group="queued-resources"),
+        "the queued resource's state: on its way is awaited, "
+        "SUSPENDED, FAILED or any other deleted and recreated",
+    )
+
+
+def create_command(pod: Pod) -> Command:
+    spot = ["--spot"] if pod.spot else []
+    if pod.queued:
+        argv = pod.gcloud(
+            "create",
+            pod.name,
+            f"--node-id={pod.name}",
+            f"--accelerator-type={pod.accelerator_type}",
+            f"--runtime-version={pod.version}",
+            *spot,
+            group="queued-resources",
+        )
+        return Command(argv, "request the TPU VM as a queued resource, then wait until ACTIVE")
+    argv = pod.gcloud(
         "create",
         pod.name,
         f"--accelerator-type={pod.accelerator_type}",
         f"--version={pod.version}",
-    ) + (["--spot"] if pod.spot else [])
-    return [
-        Command(pod.gcloud("describe", pod.name, "--format=value(state)"), "reuse it if it exists"),
-        Command(create, "create the TPU VM", unless_previous_succeeded=True),
-    ]
+    )
+    return Command(argv + spot, "create the TPU VM, then wait until READY")
+
+
+def delete_command(pod: Pod) -> Command:
+    if pod.queued:
+        # --force: a queued resource is deleted with its VM.
+        argv = pod.gcloud("delete", pod.name, "--force", "--quiet", group="queued-resources")
+        return Command(argv, "delete the queued resource and its TPU VM")
+    return Command(pod.gcloud("delete", pod.name, "--quiet"), "delete the TPU VM")
+
+
+def create_commands(pod: Pod) -> list[Command]:
+    """What ``create`` runs when no VM exists yet: the --dry-run listing."""
+    looks = [vm_state_command(pod)] + ([queued_state_command(pod)] if pod.queued else [])
+    create = dataclasses.replace(create_command(pod), unless_previous_succeeded=True)
+    return [*looks, create]
 
 
 def setup_commands(pod: Pod, archive: Path, data_files: list[str]) -> list[Command]:
@@ -132,8 +202,14 @@ def train_command(pod: Pod, config: str, train_args: list[str], detach: bool) ->
     train = shlex.join([".venv/bin/python", "train_flax.py", "--config", config, *train_args])
     prepare = f"cd {REMOTE_DIR} && mkdir -p logs && "
     if detach:
-        # setsid + nohup: the run survives the ssh session; the log is all that talks.
-        remote = prepare + f"setsid nohup {train} > logs/train.log 2>&1 < /dev/null &"
+        # Every start (a resume after `stop`, a rerun) appends under its own header, so the
+        # log keeps the earlier attempts. setsid + nohup: the run survives the ssh session.
+        header = 'echo "==== $(date -u +%Y-%m-%dT%H:%M:%SZ) train_flax.py starts ====" '
+        remote = (
+            prepare
+            + f"{header}>> logs/train.log && "
+            + f"setsid nohup {train} >> logs/train.log 2>&1 < /dev/null &"
+        )
     else:
         # pipefail: a failed run fails the ssh command, not just tee.
         remote = prepare + f"set -o pipefail && {train} 2>&1 | tee logs/train.log"
@@ -160,12 +236,133 @@ def stop_command(pod: Pod) -> Command:
     return Command(pod.on_all_workers("pkill -TERM -f '[t]rain_flax.py' || true"), "stop training")
 
 
-def delete_command(pod: Pod) -> Command:
-    return Command(pod.gcloud("delete", pod.name, "--quiet"), "delete the TPU VM")
+def after_training_command(pod: Pod) -> Command:
+    return dataclasses.replace(
+        vm_state_command(pod),
+        why="after training, the TPU VM's state: READY ends the run; PREEMPTED, TERMINATED or "
+        "gone means create, setup and the same training command again (--until-done)",
+    )
+
+
+def print_plan(commands: list[Command]) -> None:
+    for command in commands:
+        fallback = command.unless_previous_succeeded
+        print(f"# {command.why}" + "  (only if the previous command failed)" * fallback)
+        print(shlex.join(command.argv))
+
+
+def run(command: Command) -> int:
+    print(f"# {command.why}\n{shlex.join(command.argv)}", flush=True)
+    return subprocess.run(command.argv, cwd=REPO, check=False).returncode
+
+
+def execute(commands: list[Command]) -> int:
+    """Runs the commands in order; stops at the first failure."""
+    for command in commands:
+        returncode = run(command)
+        if returncode != 0:
+            print(f"FAILED (exit {returncode}): {command.why}", file=sys.stderr)
+            return returncode
+    return 0
+
+
+def run_or_raise(command: Command) -> None:
+    if (returncode := run(command)) != 0:
+        raise LaunchError(f"exit {returncode}: {command.why}")
+
+
+def state_of(command: Command, quiet: bool = False) -> str | None:
+    """What a ``describe`` says the state is; None when there is no such resource."""
+    if not quiet:
+        print(f"# {command.why}\n{shlex.join(command.argv)}", flush=True)
+    result = subprocess.run(command.argv, cwd=REPO, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        if "NOT_FOUND" in result.stderr or "not found" in result.stderr.lower():
+            return None
+        # Auth, quota or a typo in --zone: creating would fail the same way.
+        last_line = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise LaunchError(f"{shlex.join(command.argv[:5])} failed: {last_line}")
+    state = result.stdout.strip()
+    if not quiet:
+        print(f"#   -> {state}", flush=True)
+    return state
+
+
+def wait_until_ready(pod: Pod, waiting: Waiting) -> None:
+    """Polls the TPU VM (with --queued: its request) until READY (ACTIVE)."""
+    command, what, ready, in_progress = (
+        (queued_state_command(pod), "queued resource", QUEUED_READY, QUEUED_IN_PROGRESS)
+        if pod.queued
+        else (vm_state_command(pod), "TPU VM", VM_READY, VM_IN_PROGRESS)
+    )
+    print(
+        f"# wait until the {what} is {ready}, looking every {waiting.poll_seconds:g} s", flush=True
+    )
+    deadline = time.monotonic() + waiting.max_wait_seconds
+    state = state_of(command)
+    while state != ready:
+        if state not in in_progress:
+            raise LaunchError(f"the {what} is {state or 'gone'}, not {ready}: giving up")
+        if time.monotonic() > deadline:
+            raise LaunchError(
+                f"the {what} is still {state} after {waiting.max_wait_seconds:g} s (--max-wait)"
+            )
+        time.sleep(waiting.poll_seconds)
+        previous, state = state, state_of(command, quiet=True)
+        if state != previous:
+            print(f"#   -> {state or 'gone'}", flush=True)
+
+
+def provision(pod: Pod, vm_state: str | None, waiting: Waiting) -> None:
+    """Leaves a READY TPU VM, given what ``describe`` just said of it (None: no VM)."""
+    if vm_state == VM_READY:
+        return
+    if pod.queued:
+        # A queued VM comes and goes with its request: the request's state decides.
+        queued_state = state_of(queued_state_command(pod))
+        on_its_way, stale = queued_state in QUEUED_IN_PROGRESS, queued_state is not None
+    else:
+        on_its_way, stale = vm_state in VM_IN_PROGRESS, vm_state is not None
+    if not on_its_way:
+        if stale:
+            run_or_raise(delete_command(pod))
+        run_or_raise(create_command(pod))
+    wait_until_ready(pod, waiting)
+
+
+def run_training(pod: Pod, args: argparse.Namespace, waiting: Waiting) -> int:
+    """``run``: create, setup, train (again after each preemption with --until-done), logs."""
+    attempts = args.max_attempts if args.until_done else 1
+    vm_state = state_of(vm_state_command(pod))
+    for attempt in range(1, attempts + 1):
+        provision(pod, vm_state, waiting)
+        if returncode := execute(setup_commands(pod, args.archive, args.data)):
+            return returncode
+        returncode = run(train_command(pod, args.config, args.train_args, detach=False))
+        if not args.until_done:
+            break
+        # A preempted run may even exit 0 (it saved and stopped on the notice): only a VM
+        # still READY says that the command ran to its end.
+        vm_state = state_of(after_training_command(pod))
+        if vm_state == VM_READY:
+            break
+        print(
+            f"# attempt {attempt} of {attempts}: the TPU VM is {vm_state or 'gone'}: recreate it "
+            "and rerun; training resumes from its last checkpoint",
+            flush=True,
+        )
+    else:
+        raise LaunchError(
+            f"the TPU VM was preempted {attempts} times (--max-attempts): run again to resume "
+            "from the last checkpoint"
+        )
+    # The logs matter most when training failed: fetch them either way.
+    logs_returncode = execute(logs_commands(pod, args.log_dir))
+    return returncode or logs_returncode
 
 
 def plan(action: str, pod: Pod, args: argparse.Namespace) -> list[Command]:
-    """The commands of one action other than ``run``."""
+    """The commands of an action, as --dry-run prints them (a first run: no VM yet)."""
     if action == "create":
         return create_commands(pod)
     if action == "setup":
@@ -176,29 +373,16 @@ def plan(action: str, pod: Pod, args: argparse.Namespace) -> list[Command]:
         return logs_commands(pod, args.log_dir)
     if action == "stop":
         return [stop_command(pod)]
-    return [delete_command(pod)]
-
-
-def execute(commands: list[Command], dry_run: bool) -> int:
-    """Runs (or prints) the commands in order; stops at the first failure."""
-    previous_ok = False
-    for index, command in enumerate(commands):
-        if dry_run:
-            fallback = command.unless_previous_succeeded
-            print(f"# {command.why}" + "  (only if the previous command failed)" * fallback)
-            print(shlex.join(command.argv))
-            continue
-        if command.unless_previous_succeeded and previous_ok:
-            continue
-        print(f"# {command.why}\n{shlex.join(command.argv)}", flush=True)
-        returncode = subprocess.run(command.argv, cwd=REPO, check=False).returncode
-        previous_ok = returncode == 0
-        # A failure that the next command handles (describe -> create) is not an error.
-        has_fallback = index + 1 < len(commands) and commands[index + 1].unless_previous_succeeded
-        if returncode != 0 and not has_fallback:
-            print(f"FAILED (exit {returncode}): {command.why}", file=sys.stderr)
-            return returncode
-    return 0
+    if action == "delete":
+        return [delete_command(pod)]
+    train = train_command(pod, args.config, args.train_args, detach=False)
+    return [
+        *create_commands(pod),
+        *setup_commands(pod, args.archive, args.data),
+        train,
+        *([after_training_command(pod)] if args.until_done else []),
+        *logs_commands(pod, args.log_dir),
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,6 +398,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--accelerator-type", default="v4-32")
     parser.add_argument("--version", default="tpu-ubuntu2204-base", help="TPU VM software")
     parser.add_argument("--spot", action="store_true", help="a Spot VM: cheaper, preemptible")
+    parser.add_argument(
+        "--queued", action="store_true", help="create/delete through a queued resource"
+    )
     parser.add_argument("--workers", type=int, help="hosts (default: from the accelerator type)")
     parser.add_argument("--config", default="configs/kobart_base.py")
     parser.add_argument(
@@ -225,11 +412,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--archive", type=Path, default=Path("/tmp/kobart-flax.tar.gz"))
     parser.add_argument("--log-dir", type=Path, default=Path("runs/pod_logs"))
     parser.add_argument("--detach", action="store_true", help="train: return once started")
+    parser.add_argument(
+        "--until-done", action="store_true", help="run: recreate and rerun after preemptions"
+    )
+    parser.add_argument("--max-attempts", type=int, default=5, help="run --until-done's bound")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=30.0, help="create: time between state checks"
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=6 * 3600.0,
+        help="create: seconds to wait for READY/ACTIVE (queued Spot capacity can take hours)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument(
         "train_args", nargs="*", metavar="section.field=value", help="train_flax.py overrides"
     )
-    return parser.parse_args(argv)
+    # Intermixed: options may follow the action too (`run --until-done -- overrides`).
+    args = parser.parse_intermixed_args(argv)
+    if args.max_attempts < 1:
+        parser.error("--max-attempts must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,17 +445,27 @@ def main(argv: list[str] | None = None) -> int:
         accelerator_type=args.accelerator_type,
         version=args.version,
         spot=args.spot,
+        queued=args.queued,
         workers=args.workers or workers_of(args.accelerator_type),
     )
-    if args.action in ("logs", "run") and not args.dry_run:
+    if args.dry_run:
+        print_plan(plan(args.action, pod, args))
+        return 0
+    if args.action in ("logs", "run"):
         args.log_dir.mkdir(parents=True, exist_ok=True)
-    if args.action != "run":
-        return execute(plan(args.action, pod, args), args.dry_run)
-    args.detach = False  # run waits for training, then fetches the logs
-    steps = ("create", "setup", "train")
-    returncode = execute([c for step in steps for c in plan(step, pod, args)], args.dry_run)
-    # The logs matter most when training failed.
-    return returncode or execute(plan("logs", pod, args), args.dry_run)
+    waiting = Waiting(args.poll_seconds, args.max_wait)
+    try:
+        if args.action == "create":
+            provision(pod, state_of(vm_state_command(pod)), waiting)
+            return 0
+        if args.action == "run":
+            return run_training(pod, args, waiting)
+        return execute(plan(args.action, pod, args))
+    except LaunchError as error:
+        print(f"tpu_pod: {error}", file=sys.stderr)
+    except FileNotFoundError as error:
+        print(f"tpu_pod: {error.filename} not found: install the gcloud CLI", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
