@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from kobart_flax.config import MESH_AXES, ConfigError, MeshConfig, mesh_axis_sizes
@@ -90,29 +92,125 @@ class ShardingError(ConfigError):
     """A mesh or rule that cannot shard this train state or batch; the message says why."""
 
 
-def make_mesh(axis_sizes: Mapping[str, int], devices: list[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over ``devices`` (default: every device of every host).
+class DeviceGrid(NamedTuple):
+    """Devices laid out as the mesh: ``devices[d, f, t]`` is at data d, fsdp f, tensor t."""
 
-    ``axis_sizes`` must be resolved (no -1) and multiply to the device count.
+    devices: np.ndarray  # [data, fsdp, tensor] of devices
+    # True when a physical torus axis had to be shared between mesh axes (see device_grid).
+    splits_physical_axes: bool
+
+
+def device_grid(axis_sizes: Mapping[str, int], devices: Sequence) -> DeviceGrid:
+    """Lay ``devices`` out as a (data, fsdp, tensor) mesh on their physical topology.
+
+    Pure: it reads only the attributes JAX's mesh_utils reads (``id``, ``platform``,
+    ``device_kind``, ``coords``, ``core_on_chip``, ``slice_index``), so emulated TPU
+    devices test it without a TPU. On CPU it is ``jax.make_mesh``'s reshape of the device
+    list. On a TPU slice ``mesh_utils.create_device_mesh`` gives each mesh axis whole axes
+    of the chip torus, the innermost (tensor) first, so a tensor group of 4 on a v4 is a
+    host's 2x2 chips. A shape no set of whole axes gives (v4-32, a 2x2x4 torus: data=2 x
+    fsdp=2 x tensor=4, as the z axis of 4 would have to serve two mesh axes) is retried
+    with ``allow_split_physical_axes``: z is split into fsdp pairs of neighbouring chips
+    and data pairs two chips apart. That layout is correct and keeps tensor on one host; only
+    the data axis's gradient all-reduce (once a step) crosses an intermediate chip, which
+    beats refusing a layout the user asked for. jax.make_mesh does the same only on v5e.
+
+    Over several slices (multislice, ``slice_index``), only the data axis crosses the
+    slower data-center network: each slice holds data / slices of it, laid out as above.
     """
-    devices = jax.devices() if devices is None else devices
     shape = tuple(axis_sizes[name] for name in MESH_AXES)
     if math.prod(shape) != len(devices):
         raise ShardingError(
             f"mesh {_describe(axis_sizes)} needs {math.prod(shape)} devices, "
             f"there are {len(devices)}"
         )
+    slices = len({getattr(device, "slice_index", 0) for device in devices})
+    if slices > 1 and shape[0] % slices:
+        raise ShardingError(
+            f"mesh {_describe(axis_sizes)}: the devices span {slices} TPU slices and only "
+            f"mesh.data crosses slices, so it must be a multiple of {slices}"
+        )
+
+    def build(split: bool) -> np.ndarray:
+        if slices == 1:
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=split)
+        # [data / slices, fsdp, tensor] within each slice, slices stacked along data.
+        per_slice = (shape[0] // slices,) + shape[1:]
+        return mesh_utils.create_hybrid_device_mesh(
+            per_slice, (slices, 1, 1), devices, allow_split_physical_axes=split
+        )
+
+    try:
+        return DeviceGrid(build(split=False), splits_physical_axes=False)
+    except NotImplementedError:  # mesh_utils: no whole torus axes fit this shape
+        return DeviceGrid(build(split=True), splits_physical_axes=True)
+
+
+def layout_problem(grid: np.ndarray) -> str | None:
+    """Why the hosts of this [data, fsdp, tensor] device grid cannot each feed its own rows.
+
+    Each host must feed a disjoint, equal share of every batch, e.g. 4 hosts with
+    mesh.tensor=16 would leave one batch shard that every host must read whole. Which
+    shards a host holds does not matter: losses and metrics are sums over the rows.
+    """
+    return check_even_split(batch_shards_by_process(grid), grid.shape[0] * grid.shape[1])
+
+
+def layouts(devices: Sequence) -> list[tuple[str, bool]]:
+    """("data x fsdp x tensor", splits physical axes) for every mesh ``devices`` take."""
+    count = len(devices)
+    found = []
+    for data in _divisors(count):
+        for fsdp in _divisors(count // data):
+            sizes = {DATA_AXIS: data, FSDP_AXIS: fsdp, TENSOR_AXIS: count // data // fsdp}
+            try:
+                grid = device_grid(sizes, devices)
+            except ShardingError:  # e.g. a data axis that the TPU slices do not divide
+                continue
+            if layout_problem(grid.devices) is None:
+                found.append(("x".join(map(str, sizes.values())), grid.splits_physical_axes))
+    return found
+
+
+def _divisors(count: int) -> list[int]:
+    return [size for size in range(count, 0, -1) if count % size == 0]
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: every device of every host).
+
+    ``axis_sizes`` must be resolved (no -1) and multiply to the device count. A layout whose
+    hosts cannot each feed their own batch rows stops here, before anything compiles, with
+    the layouts these devices do take.
+    """
+    devices = jax.devices() if devices is None else devices
+    grid = device_grid(axis_sizes, devices)
+    problem = layout_problem(grid.devices)
+    if problem:
+        processes = len({device.process_index for device in devices})
+        workable = ", ".join(shape for shape, _ in layouts(devices))
+        raise ShardingError(
+            f"mesh {_describe(axis_sizes)}: {problem}; every host reads only its own rows of "
+            f"a batch, so a tensor group must not span hosts. These {len(devices)} devices of "
+            f"{processes} processes take data x fsdp x tensor = {workable}"
+        )
+    if grid.splits_physical_axes:
+        whole = ", ".join(shape for shape, splits in layouts(devices) if not splits)
+        logger.warning(
+            "mesh %s takes no whole axes of the TPU torus, so a physical axis is split between "
+            "mesh axes: it works, with fewer links for their collectives. Layouts on whole "
+            "axes: data x fsdp x tensor = %s",
+            _describe(axis_sizes),
+            whole,
+        )
     # Auto axes: shardings are given at jit boundaries and XLA (GSPMD) places the rest.
-    # jax.make_mesh orders devices by physical topology on TPUs, so the innermost axis
-    # (tensor) lands on neighbouring chips.
-    return jax.make_mesh(shape, MESH_AXES, (AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    return Mesh(grid.devices, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def mesh_from_config(mesh_config: MeshConfig) -> Mesh:
     """The configured mesh over every device of every host, checked for multi-host input."""
     axis_sizes = mesh_axis_sizes(mesh_config, jax.device_count())
     mesh = make_mesh(axis_sizes)
-    check_batch_layout(mesh)
     logger.info(
         "mesh %s over %d devices of %d processes",
         _describe(axis_sizes),
@@ -251,13 +349,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def batch_shards_by_process(mesh: Mesh) -> dict[int, set[int]]:
-    """The batch shards (0 .. data x fsdp - 1) that each process's devices hold."""
-    shards = math.prod(axis_sizes_of(mesh)[name] for name in BATCH_AXES)
+def batch_shards_by_process(grid: np.ndarray) -> dict[int, set[int]]:
+    """The batch shards (0 .. data x fsdp - 1) that each process's devices hold.
+
+    ``batch_sharding`` splits the batch over ("data", "fsdp") data-major: the device at
+    ``grid[d, f, t]`` holds shard ``d * fsdp + f``, for every t.
+    """
+    fsdp = grid.shape[1]
     owned: dict[int, set[int]] = {}
-    # A batch of one row per shard: a device's row index is its shard.
-    for device, index in batch_sharding(mesh).devices_indices_map((shards,)).items():
-        owned.setdefault(device.process_index, set()).add(index[0].start or 0)
+    for (data_index, fsdp_index, _), device in np.ndenumerate(grid):
+        owned.setdefault(device.process_index, set()).add(data_index * fsdp + fsdp_index)
     return owned
 
 
@@ -275,23 +376,6 @@ def check_even_split(owned: Mapping[int, set[int]], shards: int) -> str | None:
             )
         seen |= process_shards
     return None
-
-
-def check_batch_layout(mesh: Mesh) -> None:
-    """Each host must feed a disjoint, equal share of every batch: its own rows.
-
-    Fails when the data-parallel axes cannot be split evenly between hosts, e.g. 4 hosts
-    with mesh.tensor=16 would leave one batch shard that every host must read whole. Which
-    shards a host holds does not matter: losses and metrics are sums over the rows.
-    """
-    shards = math.prod(axis_sizes_of(mesh)[name] for name in BATCH_AXES)
-    problem = check_even_split(batch_shards_by_process(mesh), shards)
-    if problem:
-        raise ShardingError(
-            f"mesh {_describe(axis_sizes_of(mesh))}: {problem}. Every host reads only its own "
-            "rows of a batch, so data x fsdp must be a multiple of the process count and a "
-            "tensor group must not span hosts"
-        )
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
