@@ -39,21 +39,19 @@ import functools
 import json
 import logging
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from kobart_flax import steps
+from kobart_flax import steps, storage
 from kobart_flax.config import TrainConfig
+from kobart_flax.storage import as_path
 
 
 def _import_orbax():
@@ -118,12 +116,6 @@ _ORBAX_METRICS_ITEM = ocp.checkpoint_manager.METRIC_ITEM_NAME
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or unreadable; the message names it."""
-
-
-def as_path(path: str | epath.PathLike) -> epath.Path:
-    """An ``epath.Path``, made absolute when local: Orbax refuses relative paths."""
-    text = str(path)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
@@ -284,12 +276,7 @@ def load_tokenizer(directory: str | epath.PathLike):
     source = tokenizer_dir(directory)
     if not source.exists():
         raise CheckpointError(f"{source}: no tokenizer saved with this checkpoint directory")
-    if "://" not in str(source):
-        return load(str(source))
-    with tempfile.TemporaryDirectory() as local:
-        for file in source.iterdir():
-            (epath.Path(local) / file.name).write_bytes(file.read_bytes())
-        return load(local)
+    return load(str(source))
 
 
 def _resolve_step(directory: epath.Path, step: int | None, best: bool) -> tuple[epath.Path, int]:
@@ -524,15 +511,7 @@ class TrainCheckpointer:
         """Writes the tokenizer files once per checkpoint directory (process 0)."""
         target = self.directory / TOKENIZER_DIR
         if jax.process_index() == 0 and not target.exists():
-            staging = self.directory / f"{TOKENIZER_DIR}.tmp"
-            if staging.exists():
-                staging.rmtree()
-            staging.mkdir(parents=True)
-            with tempfile.TemporaryDirectory() as local:
-                tokenizer.save_pretrained(local)
-                for file in Path(local).iterdir():
-                    (staging / file.name).write_bytes(file.read_bytes())
-            staging.rename(target)  # readers see all files or none
+            storage.publish_directory(target, tokenizer.save_pretrained)
         _sync_hosts("kobart_flax_checkpoint_tokenizer")
 
     def wait_until_finished(self) -> None:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from transformers import BartConfig
 
+from kobart_flax import storage
 from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.predict import write_predictions
@@ -88,7 +89,7 @@ class LoadedModel:
 def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     """A model directory (train output or exported), or a hub name like predict.py takes."""
     is_hub_name = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
-    if not Path(name_or_path).is_dir() and not is_hub_name:
+    if not storage.as_path(name_or_path).is_dir() and not is_hub_name:
         hint = (
             "Train the quickstart model first: python train_flax.py --config configs/tiny.py "
             "(see README.md), or pass --model DIR"

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import serialization
 from transformers import BartConfig, GenerationConfig
 
-from kobart_flax import hf_io
+from kobart_flax import hf_io, storage
 from kobart_flax.generation import GenerationSettings, generate_jit
 from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
 
@@ -91,12 +91,19 @@ class FlaxBartForConditionalGeneration:
         dtype: jnp.dtype = jnp.float32,
         revision: str | None = None,
     ) -> FlaxBartForConditionalGeneration:
-        """Load a Hugging Face BART checkpoint from a local directory or the hub.
+        """Load a Hugging Face BART checkpoint from a local or ``gs://`` directory or the hub.
 
         Reads ``model.safetensors``, ``flax_model.msgpack`` or ``pytorch_model.bin``
         (in that order of preference). ``dtype`` is the compute dtype; parameters stay
         float32.
         """
+        with storage.local_directory(name_or_path) as local:
+            return cls._from_local_or_hub(local, dtype, revision)
+
+    @classmethod
+    def _from_local_or_hub(
+        cls, name_or_path: str, dtype: jnp.dtype, revision: str | None
+    ) -> FlaxBartForConditionalGeneration:
         config = BartConfig.from_pretrained(name_or_path, revision=revision)
         module = BartForConditionalGenerationModule(
             BartSpec.from_hf_config(config), jnp.dtype(dtype)
@@ -177,8 +184,11 @@ class FlaxBartForConditionalGeneration:
         """Write ``config.json`` and ``flax_model.msgpack``, loadable by ``from_pretrained``.
 
         Needs the params on this host (device_get); sharded multi-host checkpoints are
-        Orbax's job.
+        Orbax's job. A ``gs://`` directory is written aside and replaced as a whole.
         """
+        if storage.is_remote(directory):
+            storage.publish_directory(directory, self.save_pretrained)
+            return
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(directory)

@@ -21,7 +21,6 @@ import functools
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ import numpy as np
 import optax
 from transformers import BartConfig
 
-from kobart_flax import batching, checkpoint, distributed, optim, sharding, steps
+from kobart_flax import batching, checkpoint, distributed, optim, sharding, steps, storage
 from kobart_flax.config import (
     Config,
     ConfigError,
@@ -421,9 +420,14 @@ def train_and_evaluate(config: Config) -> TrainResult:
             return result
 
     if jax.process_index() == 0:
-        output = Path(train_config.workdir) / FINAL_MODEL_DIR
-        result.model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
+
+        def write_final_model(directory: str) -> None:
+            result.model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
+        output = storage.publish_directory(
+            storage.as_path(train_config.workdir) / FINAL_MODEL_DIR, write_final_model
+        )
         logger.info("saved the final model to %s", output)
     return result
 
