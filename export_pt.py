@@ -3,7 +3,9 @@
     python export_pt.py --checkpoint runs/tiny/checkpoints --output kobart_summary/
     python export_pt.py --checkpoint gs://BUCKET/run/checkpoints --best --output kobart_summary/
 
-The result loads with ``BartForConditionalGeneration.from_pretrained("kobart_summary")``.
+The result loads in transformers 4.x and 5.x with ``AutoModelForSeq2SeqLM`` and
+``AutoTokenizer`` (which adds ``<s> ... </s>`` and truncates itself), has a model card
+(README.md) written from the run, and uploads as it is: ``hf upload USER/NAME kobart_summary/``.
 """
 
 import argparse
@@ -11,7 +13,7 @@ import logging
 import sys
 
 from kobart_flax.checkpoint import CheckpointError
-from kobart_flax.export import EXPORT_DTYPES, ExportError, export
+from kobart_flax.export import DEFAULT_LICENSE, EXPORT_DTYPES, ExportError, export
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the PyTorch logits check (needs torch)"
     )
+    card = parser.add_argument_group("model card (README.md) header")
+    card.add_argument("--license", default=DEFAULT_LICENSE, help="default: KoBART's (mit)")
+    card.add_argument(
+        "--base-model", help="hub id (default: the run's model.pretrained, if a hub id)"
+    )
+    card.add_argument(
+        "--dataset", action="append", default=[], help="hub dataset id trained on (repeatable)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -37,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             overwrite=args.overwrite,
             check=not args.no_verify,
+            license_name=args.license,
+            base_model=args.base_model,
+            datasets=args.dataset,
         )
     except (CheckpointError, ExportError) as error:
         logging.error("%s", error)

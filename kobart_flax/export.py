@@ -1,18 +1,20 @@
 """Orbax checkpoint -> Hugging Face PyTorch model directory.
 
 The directory holds ``config.json`` (KoBART's token ids written out explicitly),
-``model.safetensors`` (float32 by default), ``generation_config.json`` (the settings the
-run evaluated with) and the tokenizer files; current transformers loads it with
-``BartForConditionalGeneration``, ``AutoModelForSeq2SeqLM`` or ``pipeline("summarization")``
-without JAX. The weight mapping is :func:`kobart_flax.hf_io.flax_to_state_dict`, the
-inverse of the import table.
+``model.safetensors`` (float32 by default; the tied embedding once), ``generation_config.json``
+(the settings the run evaluated with), a tokenizer that adds ``<s> ... </s>`` and truncates by
+itself, and ``README.md`` (the model card, from the run's history). transformers 4.x and 5.x
+load it with ``AutoTokenizer`` and ``AutoModelForSeq2SeqLM`` without JAX, and 4.x's
+``pipeline("summarization")`` gives the summaries of ``predict.py``. The weight mapping is
+:func:`kobart_flax.hf_io.flax_to_state_dict`, the inverse of the import table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 from transformers import BartConfig, GenerationConfig
 
 from kobart_flax import checkpoint, hf_io
+from kobart_flax.model_card import hub_base_model, model_card
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 VERIFY_TOLERANCE = 1e-3  # max abs logit difference, float32
 # For checkpoints whose config predates the decoding section: the original project's beam 4.
 DEFAULT_DECODING = {"num_beams": 4, "max_length": 128, "length_penalty": 1.0}
+# BART's learned positions reserve two rows (the offset of fairseq's padding positions).
+POSITION_OFFSET = 2
+MODEL_CARD_FILE = "README.md"
+DEFAULT_LICENSE = "mit"  # gogamza/kobart-base-v1's license, which a fine-tune inherits
 
 
 class ExportError(RuntimeError):
@@ -43,6 +50,9 @@ def hf_config(model_config: Mapping[str, Any], tokenizer) -> BartConfig:
     """
     config = BartConfig.from_dict(dict(model_config))
     config.architectures = ["BartForConditionalGeneration"]
+    # The Flax model has one embedding for encoder, decoder and LM head; the weights file
+    # stores it once, and this flag is what makes transformers tie the other three to it.
+    config.tie_word_embeddings = True
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
@@ -70,6 +80,52 @@ def generation_config(config: BartConfig, run_config: Mapping[str, Any]) -> Gene
     )
 
 
+def tokenizer_files(tokenizer, max_source_tokens: int) -> dict[str, str]:
+    """``tokenizer.json`` and ``tokenizer_config.json`` for the export, by file name.
+
+    This project encodes with ``add_special_tokens=False`` and adds the ids itself
+    (:func:`kobart_flax.tokenization.encode_examples`); users call
+    ``tokenizer(text, truncation=True)`` and ``pipeline("summarization")``. So the exported
+    tokenizer adds ``<s> text </s>`` itself (a post-processor, which ``add_special_tokens=False``
+    skips, leaving the project's own encoding as it was) and truncates to ``max_source_tokens``
+    keeping ``</s>``: exactly the training ids. The config names ``PreTrainedTokenizerFast``
+    (KoBART's own class, loaded by transformers 4 and 5; 5's ``save_pretrained`` writes
+    ``TokenizersBackend``, unknown to 4.x) and only portable keys.
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    if bos is None or eos is None:
+        raise ExportError(f"the checkpoint's tokenizer has no bos/eos token ({bos!r}, {eos!r})")
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",  # BART's pair format
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    # Truncation and padding come from the call (truncation=True uses model_max_length).
+    backend.no_truncation()
+    backend.no_padding()
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **{
+            name: getattr(tokenizer, name)
+            for name in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+            if getattr(tokenizer, name) is not None
+        },
+        "model_max_length": max_source_tokens,
+        # No token_type_ids: BART has no segment embeddings, and generate() refuses them.
+        "model_input_names": ["input_ids", "attention_mask"],
+        # Older transformers 4.x defaulted to True, which rewrites " ." in decoded Korean text.
+        "clean_up_tokenization_spaces": False,
+    }
+    return {
+        "tokenizer.json": backend.to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+    }
+
+
 def write_model_dir(
     output: Path,
     params: dict,
@@ -77,19 +133,25 @@ def write_model_dir(
     generation: GenerationConfig,
     tokenizer,
     dtype: str,
+    card: str,
 ) -> None:
     import jax.numpy as jnp
-    from safetensors.flax import save_file
+    from safetensors.flax import save
 
     output.mkdir(parents=True)
     config.save_pretrained(output)
     generation.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    state_dict = hf_io.flax_to_state_dict(jax.device_get(params))
-    # Fresh arrays per name: safetensors refuses tensors that share memory, and the tied
-    # embeddings are one array in Flax. (The flax backend also writes bfloat16.)
+    max_source_tokens = config.max_position_embeddings - POSITION_OFFSET
+    for name, text in tokenizer_files(tokenizer, max_source_tokens).items():
+        (output / name).write_text(text, encoding="utf-8")
+    (output / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+    state_dict = hf_io.flax_to_state_dict(jax.device_get(params), include_tied=False)
+    # (The flax backend writes bfloat16 too.)
     tensors = {name: jnp.asarray(array, dtype=dtype) for name, array in state_dict.items()}
-    save_file(tensors, str(output / hf_io.SAFETENSORS_FILE), metadata={"format": "pt"})
+    # Bytes, not save_file: that one writes through a private temporary file, leaving the
+    # weights mode 0600 where every other output follows the umask.
+    data = save(tensors, metadata={"format": "pt"})
+    (output / hf_io.SAFETENSORS_FILE).write_bytes(data)
 
 
 def verify(output: Path, flax_model: FlaxBartForConditionalGeneration, tokenizer) -> float:
@@ -121,8 +183,15 @@ def export(
     dtype: str = "float32",
     overwrite: bool = False,
     check: bool = True,
+    license_name: str = DEFAULT_LICENSE,
+    base_model: str | None = None,
+    datasets: Sequence[str] = (),
 ) -> Path:
-    """Export one checkpoint step (default the newest) to ``output``; returns its path."""
+    """Export one checkpoint step (default the newest) to ``output``; returns its path.
+
+    ``license_name``, ``base_model`` (default: the run's ``model.pretrained`` if it is a hub
+    id) and ``datasets`` (hub dataset ids) go into the model card's header.
+    """
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"--dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
     output_path = Path(output)
@@ -130,18 +199,29 @@ def export(
         if not overwrite:
             raise ExportError(f"{output_path} exists; pass --overwrite to replace it")
         shutil.rmtree(output_path)
+    if best:
+        # Resolved here so that the card reads the history of the same step.
+        step = checkpoint.best_step(checkpoint_dir)
     params, metadata = checkpoint.restore_params(checkpoint_dir, step, best=best)
+    history = checkpoint.read_history(checkpoint_dir, step)
+    position = checkpoint.read_json_item(checkpoint_dir, checkpoint.DATA_ITERATOR, step)
     tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
     config = hf_config(metadata["model_config"], tokenizer)
-    logger.info("restored step %s of %s", metadata.get("step"), checkpoint_dir)
-    write_model_dir(
-        output_path,
-        params,
-        config,
-        generation_config(config, metadata.get("config", {})),
-        tokenizer,
-        dtype,
+    generation = generation_config(config, metadata.get("config", {}))
+    logger.info("restored step %d of %s", len(history["train_losses"]), checkpoint_dir)
+    card = model_card(
+        metadata=metadata,
+        history=history,
+        steps_per_epoch=position.get("steps_per_epoch"),
+        generation=generation.to_dict(),
+        max_source_tokens=config.max_position_embeddings - POSITION_OFFSET,
+        dtype=dtype,
+        license_name=license_name,
+        base_model=base_model
+        or hub_base_model(metadata.get("config", {}).get("model", {}).get("pretrained")),
+        datasets=datasets,
     )
+    write_model_dir(output_path, params, config, generation, tokenizer, dtype, card)
     logger.info("wrote %s", output_path)
     if check:
         flax_model = FlaxBartForConditionalGeneration(config, params=params)

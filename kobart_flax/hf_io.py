@@ -36,6 +36,12 @@ TIED_OR_UNUSED_SUFFIXES = (
     "decoder.version",
 )
 EMBEDDING_MODULES = ("shared", "embed_positions")
+# The tensors that BartForConditionalGeneration ties to model.shared.weight.
+TIED_TO_SHARED = (
+    "model.encoder.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+)
 
 
 class WeightLoadError(ValueError):
@@ -113,24 +119,22 @@ def state_dict_to_flax(state_dict: Mapping[str, np.ndarray], target_params: Mapp
     return traverse_util.unflatten_dict(params)
 
 
-def flax_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
+def flax_to_state_dict(params: Mapping, *, include_tied: bool = True) -> dict[str, np.ndarray]:
     """Flax params -> PyTorch ``BartForConditionalGeneration`` state dict (numpy arrays).
 
-    The tied token embeddings and LM head are written as copies of ``model.shared`` so
-    that loaders which do not re-tie weights still see them.
+    With ``include_tied``, the tied token embeddings and LM head are there too, as the same
+    array as ``model.shared`` (the full ``state_dict()`` of the PyTorch model). Without,
+    they are left out, as transformers' ``save_pretrained`` does: a weights file then holds
+    the embedding once, and transformers (4 and 5) re-ties the rest when loading.
     """
     state_dict = {}
     for path, array in traverse_util.flatten_dict(params).items():
         name, transpose = pytorch_name_for(path)
         array = np.asarray(array)
         state_dict[name] = np.ascontiguousarray(array.T if transpose else array)
-    shared = state_dict["model.shared.weight"]
-    for tied in (
-        "model.encoder.embed_tokens.weight",
-        "model.decoder.embed_tokens.weight",
-        "lm_head.weight",
-    ):
-        state_dict[tied] = shared
+    if include_tied:
+        for tied in TIED_TO_SHARED:
+            state_dict[tied] = state_dict["model.shared.weight"]
     return state_dict
 
 

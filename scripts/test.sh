@@ -9,6 +9,8 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
 scripts/setup_env.sh requirements-test.txt
+# tests/test_export_compat.py loads exports in transformers 4.57 (built once, then reused).
+scripts/compat_env.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

@@ -2,62 +2,33 @@
 
 import json
 import logging
+import os
+import shutil
+import struct
 from pathlib import Path
 
+import jax
 import numpy as np
-import pytest
 import torch
 from tiny_models import tiny_kobart_config
-from transformers import (
-    AutoModelForSeq2SeqLM,
-    BartForConditionalGeneration,
-)
+from transformers import AutoModelForSeq2SeqLM, BartConfig, BartModel
 
 import export_pt
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.checkpoint import restore_params
 from kobart_flax.config import apply_overrides, load_config
-from kobart_flax.summarize import Summarizer
-from kobart_flax.tokenization import load_tokenizer
+from kobart_flax.data_io import read_examples
+from kobart_flax.tokenization import encode_examples, load_tokenizer
 from kobart_flax.train import train_and_evaluate
+
+pytest_plugins = ["export_fixtures"]
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """A tiny PyTorch BART fine-tuned for two steps by train_flax; returns the workdir."""
-    root = tmp_path_factory.mktemp("export")
-    tokenizer = load_tokenizer(str(SAMPLE / "tokenizer"))
-    config = tiny_kobart_config(len(tokenizer))
-    torch.manual_seed(0)
-    BartForConditionalGeneration(config).save_pretrained(root / "pretrained")
-    lines = (SAMPLE / "train.tsv").read_text(encoding="utf-8").splitlines()
-    (root / "train.tsv").write_text("\n".join(lines[:33]) + "\n", encoding="utf-8")
-    overrides = [
-        f"model.pretrained={root / 'pretrained'}",
-        f"model.tokenizer={SAMPLE / 'tokenizer'}",
-        f"data.train_path={root / 'train.tsv'}",
-        f"data.eval_path={root / 'train.tsv'}",
-        f"train.workdir={root / 'run'}",
-        "data.max_source_length=128",
-        "data.source_buckets=128",
-        "data.max_target_length=32",
-        "data.target_buckets=32",
-        "train.batch_size=16",
-        "train.max_steps=2",
-        "train.eval_every=0",
-        "train.learning_rate=1e-3",
-        "train.rouge_every=0",
-    ]
-    train_and_evaluate(apply_overrides(load_config("configs/tiny.py"), overrides))
-    return root / "run"
-
-
-def test_round_trip_logits_and_loaders(trained_run, tmp_path):
-    output = tmp_path / "exported"
+def test_round_trip_logits_and_loaders(trained_run, exported):
+    output = exported
     checkpoints = trained_run / "checkpoints"
-    assert export_pt.main(["--checkpoint", str(checkpoints), "--output", str(output)]) == 0
 
     config = json.loads((output / "config.json").read_text())
     assert {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")} == {
@@ -92,33 +63,127 @@ def test_round_trip_logits_and_loaders(trained_run, tmp_path):
     )
 
 
-def test_pytorch_generate_with_exported_settings_equals_ours(trained_run, tmp_path):
-    """What pipeline("summarization") did (transformers 5 removed that task): tokenize,
-    generate with the directory's generation_config.json, decode."""
-    output = tmp_path / "exported"
-    export_pt.main(["--checkpoint", str(trained_run / "checkpoints"), "--output", str(output)])
-    articles = [
-        line.split("\t")[0]
-        for line in (SAMPLE / "test.tsv").read_text(encoding="utf-8").splitlines()[1:4]
-    ]
-    tokenizer = load_tokenizer(str(output))
-    torch_model = AutoModelForSeq2SeqLM.from_pretrained(output).eval()
-    assert torch_model.generation_config.num_beams == 4
-    hf_texts = []
-    for article in articles:
-        # The tokenizer adds no <s> </s> itself; give PyTorch the ids our encoder builds.
-        ids = [tokenizer.bos_token_id, *tokenizer(article, add_special_tokens=False)["input_ids"]]
-        ids = torch.tensor([[*ids, tokenizer.eos_token_id]])
-        with torch.no_grad():
-            generated = torch_model.generate(ids, max_length=20)
-        hf_texts.append(tokenizer.decode(generated[0], skip_special_tokens=True).strip())
+def test_tokenizer_files_are_kobarts_class_with_the_source_limit_and_no_local_keys(exported):
+    config = json.loads((exported / "tokenizer_config.json").read_text())
+    assert config == {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+        "model_max_length": 1024,  # 1026 positions less BART's offset 2
+        "model_input_names": ["input_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+    }
+    processor = json.loads((exported / "tokenizer.json").read_text())["post_processor"]
+    single = [next(iter(piece.values()))["id"] for piece in processor["single"]]
+    assert single == ["<s>", "A", "</s>"]
 
-    model = FlaxBartForConditionalGeneration.from_pretrained(output)
-    ours = Summarizer(
-        model.module, tokenizer, model.generation_settings(max_length=20), batch_size=2
-    ).summarize(model.params, articles)
-    assert ours == hf_texts
-    assert all(ours)
+
+def test_project_encoding_is_unchanged_by_the_exported_tokenizer(exported):
+    """Training, predict and the demo encode with add_special_tokens=False and add the ids
+    themselves: the exported post-processor must not add a second <s> ... </s>."""
+    examples = read_examples(str(SAMPLE / "test.tsv"), "error")
+
+    def encoded_bytes(tokenizer_dir: Path) -> list[bytes]:
+        encoded = encode_examples(load_tokenizer(str(tokenizer_dir)), examples, 64, 32)
+        return [e.input_ids.tobytes() + b"|" + e.labels.tobytes() for e in encoded]
+
+    assert encoded_bytes(exported) == encoded_bytes(SAMPLE / "tokenizer")
+
+
+def test_model_card_describes_the_run(exported):
+    card = (exported / "README.md").read_text()
+    header, body = card.removeprefix("---\n").split("\n---\n", 1)
+    fields = dict(line.split(": ", 1) for line in header.splitlines())
+    assert json.loads(fields["language"]) == ["ko"]
+    assert json.loads(fields["license"]) == "mit"
+    assert json.loads(fields["pipeline_tag"]) == "summarization"
+    # The run started from a local directory: no hub id to name as the base model.
+    assert "base_model" not in fields
+    assert "exported at step 2 " in body
+    assert "train.tsv` (2 steps of 16 examples per epoch)" in body
+    assert "| 2 (this model) | " in body  # the final evaluation, with its eval loss
+    assert "num_beams 4, max_length 64" in body
+    assert 'tokenizer(article, truncation=True, return_tensors="pt")' in body
+    assert "Input is cut at 1024 tokens" in body
+
+
+def kobart_shaped_checkpoint(directory: Path) -> Path:
+    """gogamza/kobart-base-v1's layout at a fraction of its width: a BartModel
+    pytorch_model.bin (no ``model.`` prefix, no lm_head), 30,000 tokens, 1026 positions,
+    tokenizer.json and special_tokens_map.json but no tokenizer_config.json."""
+    config = BartConfig(
+        **{
+            **tiny_kobart_config(30000, tokenizer_class="PreTrainedTokenizerFast").to_dict(),
+            "d_model": 16,
+            "encoder_ffn_dim": 32,
+            "decoder_ffn_dim": 32,
+        }
+    )
+    torch.manual_seed(0)
+    directory.mkdir()
+    config.save_pretrained(directory)
+    torch.save(BartModel(config).state_dict(), directory / "pytorch_model.bin")
+    shutil.copy(SAMPLE / "tokenizer" / "tokenizer.json", directory)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special))
+    return directory
+
+
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """(header bytes, header) of a safetensors file: 8-byte length, then JSON."""
+    with path.open("rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        return 8 + length, json.loads(file.read(length))
+
+
+def test_kobart_shaped_checkpoint_exports_its_embedding_once_and_world_readable(tmp_path):
+    pretrained = kobart_shaped_checkpoint(tmp_path / "kobart")
+    (tmp_path / "train.tsv").write_text(
+        "\n".join((SAMPLE / "train.tsv").read_text(encoding="utf-8").splitlines()[:9]) + "\n",
+        encoding="utf-8",
+    )
+    overrides = [
+        f"model.pretrained={pretrained}",
+        f"model.tokenizer={pretrained}",
+        f"data.train_path={tmp_path / 'train.tsv'}",
+        f"data.eval_path={tmp_path / 'train.tsv'}",
+        f"train.workdir={tmp_path / 'run'}",
+        "data.max_source_length=64",
+        "data.source_buckets=64",
+        "data.max_target_length=32",
+        "data.target_buckets=32",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "train.eval_every=0",
+        "train.rouge_every=0",
+    ]
+    train_and_evaluate(apply_overrides(load_config("configs/tiny.py"), overrides))
+    output = tmp_path / "exported"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    argv = ["--checkpoint", str(checkpoints), "--output", str(output)]
+    argv += ["--base-model", "gogamza/kobart-base-v1", "--dataset", "USER/dacon-news"]
+    previous = os.umask(0o022)
+    try:
+        # Includes the check that PyTorch, with the ties restored, gives the Flax logits.
+        assert export_pt.main(argv) == 0
+    finally:
+        os.umask(previous)
+
+    weights = output / "model.safetensors"
+    header_size, header = safetensors_header(weights)
+    assert not {"lm_head.weight", "model.encoder.embed_tokens.weight"} & set(header)
+    params, _ = restore_params(checkpoints)
+    parameter_count = sum(leaf.size for leaf in jax.tree.leaves(params))
+    # float32, every parameter once: 30,000 x 16 embedding included, no copies of it.
+    assert weights.stat().st_size - header_size == 4 * parameter_count
+    for file in output.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o644, file.name
+    card = (output / "README.md").read_text()
+    assert 'base_model: "gogamza/kobart-base-v1"' in card
+    assert 'datasets: ["USER/dacon-news"]' in card
 
 
 def test_existing_output_is_refused_unless_overwrite(trained_run, tmp_path, caplog):
