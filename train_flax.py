@@ -20,6 +20,10 @@ from kobart_flax.config import ConfigError, parse_args
 from kobart_flax.data_io import DataError
 from kobart_flax.train import train_and_evaluate
 
+# The run saved and stopped on a preemption notice (SIGTERM): not finished, rerun the same
+# command to resume. EX_TEMPFAIL from sysexits.h; scripts/tpu_pod.py run --until-done reruns
+# on it even while the VM still reads READY.
+EXIT_PREEMPTED = 75
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 
@@ -52,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything else touches JAX: the cluster decides which devices exist.
         distributed.initialize(distributed.options_from(cluster_args))
         log_per_process()
-        train_and_evaluate(config)
+        result = train_and_evaluate(config)
     except (ConfigError, DataError, distributed.DistributedError) as error:
         # Bad input or a wrong launch is the user's to fix: one clear line, not a traceback.
         logging.error("%s", error)
         return 2
-    return 0
+    return EXIT_PREEMPTED if result.preempted else 0
 
 
 if __name__ == "__main__":

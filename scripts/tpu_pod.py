@@ -62,6 +62,8 @@ ACTIONS = ("create", "setup", "train", "logs", "stop", "delete", "run")
 # `tpu-vm describe --format=value(state)`: READY is usable, CREATING will be; any other state
 # (PREEMPTED, TERMINATED, STOPPED, REPAIRING, ...) is replaced rather than waited for.
 VM_READY = "READY"
+# train_flax.EXIT_PREEMPTED (not imported: the launcher runs where JAX is not installed).
+TRAINING_PREEMPTED_EXIT = 75
 VM_IN_PROGRESS = ("CREATING",)
 # `queued-resources describe --format=value(state.state)`: the request is still on its way
 # in these states; SUSPENDED (its Spot VM was preempted), FAILED and the rest are replaced.
@@ -341,14 +343,20 @@ def run_training(pod: Pod, args: argparse.Namespace, waiting: Waiting) -> int:
         returncode = run(train_command(pod, args.config, args.train_args, detach=False))
         if not args.until_done:
             break
-        # A preempted run may even exit 0 (it saved and stopped on the notice): only a VM
-        # still READY says that the command ran to its end.
+        # A run stopped by the preemption notice exits TRAINING_PREEMPTED_EXIT, possibly
+        # while the VM still reads READY; a VM no longer READY means preempted whatever the
+        # exit status (ssh may have lost the workers before they could say so).
         vm_state = state_of(after_training_command(pod))
-        if vm_state == VM_READY:
+        if vm_state == VM_READY and returncode != TRAINING_PREEMPTED_EXIT:
             break
+        what = (
+            "training stopped on a preemption notice"
+            if vm_state == VM_READY
+            else f"the TPU VM is {vm_state or 'gone'}: recreate it and"
+        )
         print(
-            f"# attempt {attempt} of {attempts}: the TPU VM is {vm_state or 'gone'}: recreate it "
-            "and rerun; training resumes from its last checkpoint",
+            f"# attempt {attempt} of {attempts}: {what} rerun; training resumes from its last "
+            "checkpoint",
             flush=True,
         )
     else:

@@ -201,6 +201,9 @@ if name == "gcloud":
             state["preemptions"] -= 1
             state.update(vm="PREEMPTED", queued=state["queued"] and "SUSPENDED")
             code = state["preempted_exit"]
+        elif state["notices"]:  # stopped on the notice; the VM still reads READY
+            state["notices"] -= 1
+            code = 75
         else:
             code = state["train_exit"]
 with open(here / "calls.jsonl", "a") as calls:
@@ -220,8 +223,8 @@ def fake_gcloud(tmp_path, monkeypatch):
         (directory / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
 
-    def start(vm=None, queued=None, preemptions=0, preempted_exit=255, train_exit=0):
-        state = dict(vm=vm, queued=queued, preemptions=preemptions)
+    def start(vm=None, queued=None, preemptions=0, preempted_exit=255, train_exit=0, notices=0):
+        state = dict(vm=vm, queued=queued, preemptions=preemptions, notices=notices)
         state.update(preempted_exit=preempted_exit, train_exit=train_exit)
         (directory / "state.json").write_text(json.dumps(state))
 
@@ -392,3 +395,26 @@ def test_a_training_failure_on_a_ready_vm_is_not_rerun_and_its_logs_are_fetched(
         "describe vm -> READY",
         *LOGS,
     ]
+
+
+def test_a_run_stopped_by_the_notice_is_rerun_while_the_vm_still_reads_ready(fake_gcloud, tmp_path):
+    fake_gcloud(vm="READY", notices=1)
+
+    assert launch(tmp_path, "run", "--until-done") == 0
+
+    assert [label for label, _ in fake_gcloud.calls()] == [
+        "describe vm -> READY",
+        *SETUP,
+        "ssh train",
+        "describe vm -> READY",  # READY, but the exit status says it stopped early
+        *SETUP,
+        "ssh train",
+        "describe vm -> READY",
+        *LOGS,
+    ]
+
+
+def test_the_launcher_knows_train_flax_preemption_exit_status():
+    import train_flax
+
+    assert tpu_pod.TRAINING_PREEMPTED_EXIT == train_flax.EXIT_PREEMPTED
