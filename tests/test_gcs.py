@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from etils import epath
 from flax import serialization
+from tiny_models import SAMPLE, tiny_run_overrides, write_slice
 
 from kobart_flax import checkpoint, storage
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample"
 BUCKET = "kobart-test"
 TOTAL_STEPS = 12
 # Checkpoints every 5 steps, written in the background; Orbax finishes one save before it
@@ -51,12 +51,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def write_slice(source: Path, target: Path, rows: int) -> None:
-    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("".join(lines[: rows + 1]), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -106,26 +100,17 @@ def train_command(data: str, workdir: str) -> list[str]:
         "train_flax.py",
         "--config",
         "configs/tiny.py",
-        f"data.train_path={data}/train.tsv",
-        f"data.eval_path={data}/test.tsv",
-        f"model.tokenizer={SAMPLE / 'tokenizer'}",
-        f"train.workdir={workdir}",
-        "model.d_model=32",
-        "model.ffn_dim=64",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "data.max_source_length=128",
-        "data.source_buckets=64,128",
-        "data.max_target_length=32",
-        "data.target_buckets=32",
-        "train.batch_size=16",
-        "train.num_epochs=100",
-        f"train.max_steps={TOTAL_STEPS}",
-        "train.learning_rate=3e-3",
-        "train.eval_every=0",
-        "train.checkpoint_every=5",
-        "train.log_every=1",
-        "train.rouge_every=0",
+        *tiny_run_overrides(
+            data,
+            workdir,
+            "train.num_epochs=100",
+            f"train.max_steps={TOTAL_STEPS}",
+            "train.learning_rate=3e-3",
+            "train.eval_every=0",
+            "train.checkpoint_every=5",
+            "train.log_every=1",
+            "train.rouge_every=0",
+        ),
     ]
 
 

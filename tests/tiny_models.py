@@ -1,4 +1,5 @@
-"""A tiny KoBART-shaped model over the bundled sample tokenizer, shared by several tests."""
+"""A tiny KoBART-shaped model over the bundled sample tokenizer, and tiny training runs of it
+on slices of the bundled data, shared by several tests."""
 
 from pathlib import Path
 
@@ -7,7 +8,41 @@ from transformers import BartConfig
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.tokenization import load_tokenizer
 
-SAMPLE_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "sample" / "tokenizer"
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+SAMPLE_TOKENIZER = SAMPLE / "tokenizer"
+
+# configs/tiny.py shrunk to 1+1 layers of width 32 with one or two buckets: a step takes
+# milliseconds, so an end-to-end run is dominated by start-up and compiles.
+TINY_RUN_SHAPES = (
+    f"model.tokenizer={SAMPLE_TOKENIZER}",
+    "model.d_model=32",
+    "model.ffn_dim=64",
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "data.max_source_length=128",
+    "data.source_buckets=64,128",
+    "data.max_target_length=32",
+    "data.target_buckets=32",
+    "train.batch_size=16",
+)
+
+
+def write_slice(source: Path, target: Path, rows: int) -> None:
+    """The header and the first ``rows`` rows of a sample TSV."""
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(lines[: rows + 1]), encoding="utf-8")
+
+
+def tiny_run_overrides(data: str, workdir: str, *extra: str) -> list[str]:
+    """Overrides of configs/tiny.py for a tiny run on ``data``/{train,test}.tsv."""
+    return [
+        f"data.train_path={data}/train.tsv",
+        f"data.eval_path={data}/test.tsv",
+        f"train.workdir={workdir}",
+        *TINY_RUN_SHAPES,
+        *extra,
+    ]
 
 
 def tiny_kobart_config(vocab_size: int, **overrides) -> BartConfig:
