@@ -120,8 +120,14 @@ def tokenizer_files(tokenizer, max_source_tokens: int) -> dict[str, str]:
         # Older transformers 4.x defaulted to True, which rewrites " ." in decoded Korean text.
         "clean_up_tokenization_spaces": False,
     }
+    serialized = json.loads(backend.to_str())
+    merges = serialized["model"].get("merges")
+    # tokenizers >= 0.20 writes BPE merges as pairs, which 0.19 (under transformers 4.40 to
+    # 4.44) cannot read; every version reads "a b" strings, exact where no token has a space.
+    if merges and all(isinstance(m, list) and " " not in "".join(m) for m in merges):
+        serialized["model"]["merges"] = [" ".join(merge) for merge in merges]
     return {
-        "tokenizer.json": backend.to_str(pretty=True),
+        "tokenizer.json": json.dumps(serialized, indent=2, ensure_ascii=False) + "\n",
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
     }
 
