@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kobart_flax import storage
 from kobart_flax.data_io import DataError, Example
 
 if TYPE_CHECKING:
@@ -21,10 +22,11 @@ class EncodedExample:
 
 
 def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerFast":
-    """Loads a fast tokenizer from a hub name (``gogamza/kobart-base-v1``) or a local directory."""
+    """Loads a fast tokenizer from a hub name (``gogamza/kobart-base-v1``) or a directory."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path)
+    with storage.local_directory(name_or_path) as local:
+        return AutoTokenizer.from_pretrained(local)
 
 
 def encode_example(
