@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from transformers import BartConfig, GenerationConfig
 
-from kobart_flax import checkpoint, hf_io
+from kobart_flax import checkpoint, hf_io, storage
 from kobart_flax.model_card import hub_base_model, model_card
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
@@ -144,7 +144,7 @@ def write_model_dir(
     import jax.numpy as jnp
     from safetensors.flax import save
 
-    output.mkdir(parents=True)
+    output.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(output)
     generation.save_pretrained(output)
     max_source_tokens = config.max_position_embeddings - POSITION_OFFSET
@@ -201,10 +201,7 @@ def export(
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"--dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
     output_path = Path(output)
-    if output_path.exists():
-        if not overwrite:
-            raise ExportError(f"{output_path} exists; pass --overwrite to replace it")
-        shutil.rmtree(output_path)
+    check_output(output_path, overwrite)
     if best:
         # Resolved here so that the card reads the history of the same step.
         step = checkpoint.best_step(checkpoint_dir)
@@ -227,16 +224,45 @@ def export(
         or hub_base_model(metadata.get("config", {}).get("model", {}).get("pretrained")),
         datasets=datasets,
     )
-    write_model_dir(output_path, params, config, generation, tokenizer, dtype, card)
-    logger.info("wrote %s", output_path)
-    if check:
+
+    def write_and_verify(staging: str) -> None:
+        write_model_dir(Path(staging), params, config, generation, tokenizer, dtype, card)
+        if not check:
+            return
         flax_model = FlaxBartForConditionalGeneration(config, params=params)
-        difference = verify(output_path, flax_model, tokenizer)
+        difference = verify(Path(staging), flax_model, tokenizer)
         tolerance = VERIFY_TOLERANCE if dtype == "float32" else 0.1
         if difference > tolerance:
             raise ExportError(
-                f"{output_path}: PyTorch logits differ from the checkpoint's by {difference:.2e} "
-                f"(> {tolerance}); the export is wrong, do not use it"
+                f"PyTorch logits of the export differ from the checkpoint's by {difference:.2e} "
+                f"(> {tolerance}); the export is wrong and {output_path} was left as it was"
             )
         logger.info("verified: max abs logit difference %.2e", difference)
+
+    # Written and verified aside, so a failure at any point leaves an earlier export whole.
+    storage.publish_directory(output_path, write_and_verify)
+    logger.info("wrote %s", output_path)
     return output_path
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuses an ``--output`` whose replacement could delete anything but an earlier export.
+
+    ``--overwrite`` replaces a directory only once the new export is complete, and only one
+    that looks like an export (has ``config.json``) or is empty: a mistyped ``--output``
+    (``.``, the project, a data folder) must never be emptied.
+    """
+    resolved = output.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise ExportError(f"--output {output} is the working directory or holds it; name a new one")
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ExportError(f"--output {output} exists and is not a directory")
+    if not overwrite:
+        raise ExportError(f"{output} exists; pass --overwrite to replace it")
+    if os.listdir(output) and not (output / "config.json").exists():
+        raise ExportError(
+            f"--output {output} holds files but no config.json, so it is not an earlier export; "
+            "it is never replaced, even with --overwrite"
+        )

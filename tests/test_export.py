@@ -14,7 +14,7 @@ from tiny_models import tiny_kobart_config
 from transformers import AutoModelForSeq2SeqLM, BartConfig, BartModel
 
 import export_pt
-from kobart_flax import FlaxBartForConditionalGeneration
+from kobart_flax import FlaxBartForConditionalGeneration, export
 from kobart_flax.checkpoint import restore_params
 from kobart_flax.config import apply_overrides, load_config
 from kobart_flax.data_io import read_examples
@@ -188,17 +188,79 @@ def test_kobart_shaped_checkpoint_exports_its_embedding_once_and_world_readable(
     assert 'datasets: ["USER/dacon-news"]' in card
 
 
+def previous_export(output: Path) -> Path:
+    """A directory that looks like an earlier export (what --overwrite may replace)."""
+    output.mkdir(parents=True)
+    (output / "config.json").write_text("{}")
+    (output / "old.bin").write_text("previous weights")
+    return output
+
+
 def test_existing_output_is_refused_unless_overwrite(trained_run, tmp_path, caplog):
-    output = tmp_path / "exported"
-    output.mkdir()
-    (output / "keep.txt").write_text("user data")
+    output = previous_export(tmp_path / "exported")
     argv = ["--checkpoint", str(trained_run / "checkpoints"), "--output", str(output)]
     with caplog.at_level(logging.ERROR):
         assert export_pt.main(argv) == 2
     assert "exists; pass --overwrite" in caplog.text
-    assert (output / "keep.txt").read_text() == "user data"
+    assert (output / "old.bin").read_text() == "previous weights"
     assert export_pt.main([*argv, "--overwrite", "--no-verify"]) == 0
-    assert not (output / "keep.txt").exists()
+    assert not (output / "old.bin").exists()
+    assert (output / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_overwrite_keeps_the_previous_export_when_the_checkpoint_is_bad(tmp_path, caplog):
+    output = previous_export(tmp_path / "exported")
+    argv = ["--checkpoint", str(tmp_path / "typo"), "--output", str(output), "--overwrite"]
+    with caplog.at_level(logging.ERROR):
+        assert export_pt.main(argv) == 2
+    assert "no such checkpoint directory" in caplog.text
+    assert (output / "old.bin").read_text() == "previous weights"
+
+
+def test_overwrite_keeps_the_previous_export_when_verification_fails(
+    trained_run, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(export, "verify", lambda *args: 1.0)
+    output = previous_export(tmp_path / "exported")
+    argv = ["--checkpoint", str(trained_run / "checkpoints"), "--output", str(output)]
+    with caplog.at_level(logging.ERROR):
+        assert export_pt.main([*argv, "--overwrite"]) == 2
+    assert "was left as it was" in caplog.text
+    assert sorted(p.name for p in output.iterdir()) == ["config.json", "old.bin"]
+
+
+def test_output_that_holds_the_working_directory_or_other_files_is_refused(
+    trained_run, tmp_path, caplog, monkeypatch
+):
+    cwd = tmp_path / "project" / "sub"
+    cwd.mkdir(parents=True)
+    (cwd / "notes.txt").write_text("user data")
+    monkeypatch.chdir(cwd)
+    checkpoints = str(trained_run / "checkpoints")
+    for output, reason in [
+        (".", "the working directory"),
+        ("..", "the working directory"),
+        (str(tmp_path / "project"), "the working directory"),
+        (str(cwd / "notes.txt"), "not a directory"),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            argv = ["--checkpoint", checkpoints, "--output", output, "--overwrite"]
+            assert export_pt.main([*argv, "--no-verify"]) == 2, output
+        (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert reason in message and "\n" not in message, message
+    # A non-empty directory without config.json is not an earlier export: never replaced.
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_text("user data")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        argv = ["--checkpoint", checkpoints, "--output", str(other), "--overwrite"]
+        assert export_pt.main([*argv, "--no-verify"]) == 2
+    assert "not an earlier export" in caplog.text
+    assert (other / "a.jpg").read_text() == "user data"
+    assert (cwd / "notes.txt").read_text() == "user data"
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, caplog):
