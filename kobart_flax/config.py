@@ -61,6 +61,14 @@ class DataConfig:
     source_buckets: tuple[int, ...] = (64, 128, 256, 512)
     target_buckets: tuple[int, ...] = (32, 64, 128)
     bad_rows: str = "error"  # "error" | "skip"
+    # Columns of a datasets source (.parquet/.arrow/.csv, save_to_disk dir, hf://datasets/...);
+    # TSV and JSONL files always say news/summary.
+    text_column: str = "news"
+    summary_column: str = "summary"
+    # Tokenized examples are cached on disk (kobart_flax.token_cache), so a restart skips
+    # tokenization; "" puts the cache in <train.workdir>/token_cache.
+    token_cache: bool = True
+    cache_dir: str = ""
     prefetch: int = 2  # batches prepared ahead of the device; 0 = none
     # Training rows hold several examples, packed into packed_source_length /
     # packed_target_length tokens (kobart_flax.packing); train.batch_size then counts rows.
@@ -416,6 +424,9 @@ def _check_data(data: DataConfig, max_positions: int, problems: list[str]) -> No
         problems.append(f"data.bad_rows={data.bad_rows!r}: must be one of {BAD_ROW_POLICIES}")
     if data.prefetch < 0:
         problems.append(f"data.prefetch={data.prefetch}: must be >= 0")
+    for name in ("text_column", "summary_column"):
+        if not getattr(data, name).strip():
+            problems.append(f"data.{name} is empty: name a column of the data")
     if data.packing:
         # Every example must fit a row alone; positions restart per segment, so rows may
         # be longer than the position table.

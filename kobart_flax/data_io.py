@@ -47,12 +47,20 @@ class Example:
 
 
 def read_examples(
-    path: str, bad_rows: str = "error", require_summary: bool = True
+    path: str,
+    bad_rows: str = "error",
+    require_summary: bool = True,
+    text_column: str = COLUMNS[0],
+    summary_column: str = COLUMNS[1],
 ) -> list[Example]:
-    """Reads every example of a ``.tsv`` or ``.jsonl`` file (or ``.txt``, articles only).
+    """Reads every example of a ``.tsv`` or ``.jsonl`` file (or ``.txt``, articles only), or of
+    a ``datasets`` source (see :mod:`kobart_flax.dataset_sources`).
 
     Args:
-      path: local path or ``gs://`` URL.
+      path: local path or ``gs://`` URL; a ``.parquet`` / ``.arrow`` / ``.csv`` file, a
+        ``save_to_disk`` directory or ``hf://datasets/OWNER/NAME[:CONFIG][@SPLIT]``.
+      text_column, summary_column: the columns of a ``datasets`` source; TSV and JSONL files
+        always name theirs ``news`` and ``summary`` (``scripts/convert_dataset.py`` renames).
       bad_rows: ``"error"`` raises ``DataError`` at the first bad row; ``"skip"`` drops bad rows
         and logs one warning with their count and the first few messages.
       require_summary: False for inputs to summarize: the ``summary`` column/field may then be
@@ -63,6 +71,13 @@ def read_examples(
     """
     if bad_rows not in BAD_ROW_POLICIES:
         raise ValueError(f"bad_rows must be one of {BAD_ROW_POLICIES}, got {bad_rows!r}")
+    # Imported here: dataset_sources builds on this module's Example and bad-row policy.
+    from kobart_flax import dataset_sources
+
+    if dataset_sources.is_dataset_source(path):
+        return dataset_sources.read_dataset_examples(
+            path, text_column, summary_column, bad_rows, require_summary
+        )
     file = epath.Path(path)
     suffix = file.suffix.lower()
     if suffix == ".tsv":
@@ -72,9 +87,10 @@ def read_examples(
     elif suffix == ".txt" and not require_summary:
         rows = _parse_txt(path, file.read_bytes())
     else:
-        formats = ".tsv or .jsonl" if require_summary else ".tsv, .jsonl or .txt"
+        formats = ".tsv, .jsonl" if require_summary else ".tsv, .jsonl, .txt"
+        formats += ", .parquet, .arrow, .csv, a save_to_disk directory or hf://datasets/..."
         raise ValueError(f"{path}: unsupported suffix {file.suffix!r}; use {formats}")
-    return _apply_bad_row_policy(path, rows, bad_rows)
+    return apply_bad_row_policy(path, rows, bad_rows)
 
 
 def write_tsv(path: str, examples: Iterable[Example]) -> None:
@@ -92,7 +108,7 @@ def write_tsv(path: str, examples: Iterable[Example]) -> None:
     epath.Path(path).write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _apply_bad_row_policy(
+def apply_bad_row_policy(
     path: str, rows: Iterable[Example | DataError], bad_rows: str
 ) -> list[Example]:
     examples: list[Example] = []

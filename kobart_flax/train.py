@@ -28,7 +28,16 @@ import numpy as np
 import optax
 from transformers import BartConfig
 
-from kobart_flax import batching, checkpoint, distributed, optim, sharding, steps, storage
+from kobart_flax import (
+    batching,
+    checkpoint,
+    distributed,
+    optim,
+    sharding,
+    steps,
+    storage,
+    token_cache,
+)
 from kobart_flax.config import (
     Config,
     ConfigError,
@@ -47,6 +56,7 @@ from kobart_flax.train_batches import TrainBatches
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final_model"
+TOKEN_CACHE_DIR = "token_cache"  # under train.workdir, unless data.cache_dir names another
 
 
 EVAL_LOSS = "eval_loss"
@@ -107,16 +117,22 @@ def build_model(model_config: ModelConfig, tokenizer) -> FlaxBartForConditionalG
 
 
 def load_encoded(path: str, config: Config, tokenizer) -> list[EncodedExample]:
-    return encode_examples(
-        tokenizer,
-        load_examples(path, config),
-        config.data.max_source_length,
-        config.data.max_target_length,
-    )
+    data_config = config.data
+    examples = load_examples(path, config)
+    lengths = (data_config.max_source_length, data_config.max_target_length)
+    if not data_config.token_cache:
+        return encode_examples(tokenizer, examples, *lengths)
+    cache_dir = data_config.cache_dir or f"{config.train.workdir}/{TOKEN_CACHE_DIR}"
+    return token_cache.cached_encode(examples, tokenizer, *lengths, cache_dir)
 
 
 def load_examples(path: str, config: Config) -> list[Example]:
-    examples = read_examples(path, config.data.bad_rows)
+    examples = read_examples(
+        path,
+        config.data.bad_rows,
+        text_column=config.data.text_column,
+        summary_column=config.data.summary_column,
+    )
     logger.info("read %d examples from %s", len(examples), path)
     return examples
 

@@ -176,8 +176,8 @@ def test_unknown_policy_and_suffix_are_value_errors(tmp_path):
     path = write(tmp_path, "a.tsv", HEADER + "기사\t요약\n".encode())
     with pytest.raises(ValueError, match="bad_rows"):
         read_examples(path, bad_rows="ignore")
-    with pytest.raises(ValueError, match="unsupported suffix '.csv'"):
-        read_examples(write(tmp_path, "a.csv", b"news,summary\n"))
+    with pytest.raises(ValueError, match="unsupported suffix '.xlsx'"):
+        read_examples(write(tmp_path, "a.xlsx", b"news,summary\n"))
 
 
 def jsonl(*records) -> bytes:
