@@ -18,7 +18,9 @@ from kobart_flax.export import DEFAULT_LICENSE, EXPORT_DTYPES, ExportError, expo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="<workdir>/checkpoints or a step dir")
+    parser.add_argument(
+        "--checkpoint", required=True, help="<workdir>/checkpoints (or the workdir), or a step dir"
+    )
     parser.add_argument("--output", required=True, help="directory to create")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, help="export this step (default: the newest)")

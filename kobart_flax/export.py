@@ -202,6 +202,7 @@ def export(
         raise ExportError(f"--dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
     output_path = Path(output)
     check_output(output_path, overwrite)
+    checkpoint_dir = checkpoint_directory(checkpoint_dir)
     if best:
         # Resolved here so that the card reads the history of the same step.
         step = checkpoint.best_step(checkpoint_dir)
@@ -243,6 +244,20 @@ def export(
     storage.publish_directory(output_path, write_and_verify)
     logger.info("wrote %s", output_path)
     return output_path
+
+
+def checkpoint_directory(given: str) -> str:
+    """``given``, or its ``checkpoints/`` when ``given`` is a run's workdir.
+
+    A workdir keeps its steps only in ``checkpoints/``, so a workdir without steps of its own
+    can mean nothing else: taken (and logged) rather than refused with a hint to retype.
+    """
+    path = storage.as_path(given)
+    nested = path / checkpoint.CHECKPOINT_DIR
+    if not checkpoint.all_steps(path) and nested.is_dir():
+        logger.info("%s is a run's workdir; using %s", given, nested)
+        return os.fspath(nested)
+    return given
 
 
 def check_output(output: Path, overwrite: bool) -> None:

@@ -282,3 +282,12 @@ def test_directory_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, caplog):
         )
     assert code == 2
     assert "ckpt" in caplog.text
+
+
+def test_a_workdir_as_checkpoint_uses_its_checkpoints_directory(trained_run, tmp_path, caplog):
+    output = tmp_path / "exported"
+    with caplog.at_level(logging.INFO):
+        argv = ["--checkpoint", str(trained_run), "--output", str(output), "--no-verify"]
+        assert export_pt.main(argv) == 0
+    assert f"using {trained_run / 'checkpoints'}" in caplog.text
+    assert (output / "model.safetensors").exists()
