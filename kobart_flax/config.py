@@ -337,7 +337,7 @@ def _has_type(value: typing.Any, annotation: typing.Any) -> bool:
 
 
 def _check_types(config: Config, problems: list[str]) -> None:
-    """Catches config files that compute a float where an int belongs (`512 / 2`)."""
+    """Catches config files that compute a float where an int belongs (`512 / 2`), and NaN."""
     for section_name in _section_names():
         section = getattr(config, section_name)
         for name, annotation in _field_types(type(section)).items():
@@ -346,6 +346,10 @@ def _check_types(config: Config, problems: list[str]) -> None:
                 problems.append(
                     f"{section_name}.{name}={value!r}: expected {_type_name(annotation)}"
                 )
+            elif isinstance(value, float) and not math.isfinite(value):
+                # Every range check compares NaN as False, so NaN would pass them all and
+                # train to a NaN model; no field means anything at infinity either.
+                problems.append(f"{section_name}.{name}={value!r}: must be a finite number")
 
 
 def _type_name(annotation: typing.Any) -> str:

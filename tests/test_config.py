@@ -219,6 +219,25 @@ def test_invalid_value_names_the_field(section, values, message):
         validate(with_field(Config(), section, **values))
 
 
+FLOAT_FIELDS = [
+    f"{section.name}.{name.name}"
+    for section in dataclasses.fields(Config)
+    for name in dataclasses.fields(section.type)
+    if name.type in (float, "float")
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_FIELDS)
+def test_non_finite_floats_are_refused_naming_the_field(key, value):
+    # Range checks compare with NaN as False, so NaN passed every one of them.
+    config = apply_overrides(Config(), [f"{key}={value}"])
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    (line,) = [line for line in str(error.value).splitlines() if key in line]
+    assert f"{key}={value}: must be a finite number" in line
+
+
 def test_packed_rows_may_be_longer_than_the_position_table():
     # Positions restart at every packed example, so only each example must fit.
     validate(with_field(Config(), "data", packing=True, packed_source_length=2048))
