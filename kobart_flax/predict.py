@@ -44,7 +44,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--model", required=True, help="model directory (train output or exported) or hub name"
     )
     parser.add_argument("--tokenizer", help="tokenizer directory or hub name (default: --model)")
-    parser.add_argument("--input", required=True, help=".tsv, .jsonl or .txt (local or gs://)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input",
+        help=".tsv, .jsonl, .txt (one article a line), .parquet, .arrow, .csv, a save_to_disk "
+        "directory or hf://datasets/OWNER/NAME[:CONFIG][@SPLIT] (local or gs://); '-' reads one "
+        "article from standard input and prints its summary alone",
+    )
+    source.add_argument("--text", help="one article; prints its summary alone")
+    parser.add_argument("--text-column", default="news", help="article column of a datasets input")
+    parser.add_argument(
+        "--summary-column", default="summary", help="reference column of a datasets input"
+    )
     parser.add_argument("--output", help="TSV to write (default: print summaries only)")
     parser.add_argument("--num-beams", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128, help="summary tokens + 1")
@@ -76,9 +87,26 @@ def format_rouge(name: str, scores: dict[str, float]) -> str:
     )
 
 
+def read_input(args: argparse.Namespace) -> list[Example]:
+    """The articles of ``--input`` (a file, a datasets source or ``-``) or ``--text``."""
+    if args.text is None and args.input != "-":
+        return read_examples(
+            args.input,
+            args.bad_rows,
+            require_summary=False,
+            text_column=args.text_column,
+            summary_column=args.summary_column,
+        )
+    origin = "--text" if args.text is not None else "standard input"
+    text = args.text if args.text is not None else sys.stdin.read()
+    if not text.strip():
+        raise DataError(f"{origin}: empty article")
+    return [Example(news=text.strip(), summary="", origin=origin)]
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
-    examples = read_examples(args.input, args.bad_rows, require_summary=False)
+    examples = read_input(args)
     model = FlaxBartForConditionalGeneration.from_pretrained(args.model, jnp.dtype(args.dtype))
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     settings = model.generation_settings(

@@ -1,6 +1,7 @@
 """The Summarizer and the predict command, on a tiny random model with the bundled tokenizer."""
 
 import csv
+import io
 import logging
 from pathlib import Path
 
@@ -87,3 +88,46 @@ def test_lead_sentence():
         lead = lead_sentence(text)
         assert text.strip().startswith(lead)
         assert lead[-1] in ".!?" and len(lead) < len(text.strip())
+
+
+def test_one_article_from_text_or_stdin_prints_its_summary_alone(
+    model_dir, tmp_path, capsys, monkeypatch, caplog
+):
+    options = ["--model", str(model_dir), "--num-beams", "2", "--max-length", "12"]
+    texts = articles(3)
+    (tmp_path / "articles.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert predict.main([*options, "--input", str(tmp_path / "articles.txt")]) == 0
+    from_file = capsys.readouterr().out.splitlines()
+    assert len(from_file) == 3
+
+    assert predict.main([*options, "--text", texts[1]]) == 0
+    assert capsys.readouterr().out == from_file[1] + "\n"
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(texts[2] + "\n"))
+    assert predict.main([*options, "--input", "-"]) == 0
+    assert capsys.readouterr().out == from_file[2] + "\n"
+
+    assert predict.main([*options, "--text", "  "]) == 2
+    assert "--text: empty article" in caplog.text
+
+
+def test_a_parquet_input_with_its_own_column_names(model_dir, tmp_path, capsys):
+    import datasets
+
+    examples = read_examples(str(SAMPLE / "test.tsv"))[:4]
+    rows = [{"article": e.news, "highlights": e.summary} for e in examples]
+    datasets.Dataset.from_list(rows).to_parquet(tmp_path / "news.parquet")
+    options = ["--model", str(model_dir), "--num-beams", "2", "--max-length", "12"]
+    output = tmp_path / "predictions.tsv"
+
+    returncode = predict.main(
+        [*options, "--input", str(tmp_path / "news.parquet"), "--output", str(output)]
+        + ["--text-column", "article", "--summary-column", "highlights"]
+    )
+
+    assert returncode == 0
+    with open(output, encoding="utf-8", newline="") as file:
+        written = list(csv.DictReader(file, delimiter="\t"))
+    assert [row["news"] for row in written] == [e.news for e in examples]
+    assert [row["reference"] for row in written] == [e.summary for e in examples]
+    assert "4 articles with references" in capsys.readouterr().out
