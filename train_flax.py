@@ -18,7 +18,7 @@ import jax
 from kobart_flax import distributed
 from kobart_flax.config import ConfigError, parse_args
 from kobart_flax.data_io import DataError
-from kobart_flax.train import train_and_evaluate
+from kobart_flax.train import TrainingDiverged, train_and_evaluate
 
 # The run saved and stopped on a preemption notice (SIGTERM): not finished, rerun the same
 # command to resume. EX_TEMPFAIL from sysexits.h; scripts/tpu_pod.py run --until-done reruns
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         distributed.initialize(distributed.options_from(cluster_args))
         log_per_process()
         result = train_and_evaluate(config)
-    except (ConfigError, DataError, distributed.DistributedError) as error:
-        # Bad input or a wrong launch is the user's to fix: one clear line, not a traceback.
+    except (ConfigError, DataError, distributed.DistributedError, TrainingDiverged) as error:
+        # Bad input, a wrong launch or settings that diverge are the user's to fix: one clear
+        # line, not a traceback.
         logging.error("%s", error)
         return 2
     return EXIT_PREEMPTED if result.preempted else 0

@@ -62,6 +62,10 @@ TOKEN_CACHE_DIR = "token_cache"  # under train.workdir, unless data.cache_dir na
 EVAL_LOSS = "eval_loss"
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite; the run stopped before saving it."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     # One per optimizer step from step 1, and (step, loss) per evaluation; a resumed run
@@ -533,7 +537,10 @@ def _train_loop(
 
     def save(state, step: int, epoch: int, batch_in_epoch: int, eval_metrics) -> None:
         next_epoch, next_batch = divmod(batch_in_epoch, steps_per_epoch)
-        history_losses = train_losses + [float(m["loss"]) for m in jax.device_get(pending)]
+        unlogged = jax.device_get(pending)
+        # Checkpoints can fall between log steps: these steps are checked before any is saved.
+        check_finite(unlogged, step, checkpointer)
+        history_losses = train_losses + [float(m["loss"]) for m in unlogged]
         checkpointer.save(
             step,
             state,
@@ -571,6 +578,7 @@ def _train_loop(
                     if step % train_config.log_every == 0 or step == total_steps:
                         interval = jax.device_get(pending)
                         pending.clear()
+                        check_finite(interval, step, checkpointer)
                         train_losses.extend(float(m["loss"]) for m in interval)
                         metrics_logger.log_train(step, summarize_interval(interval, epoch))
                     eval_metrics = None
@@ -600,7 +608,7 @@ def _train_loop(
                         break
             if batch_in_epoch >= steps_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
-        # Preempted between two log steps.
+        # Preempted between two log steps (and checked by the save that followed).
         train_losses.extend(float(m["loss"]) for m in jax.device_get(pending))
 
     # Whole params on every host (they may be split across hosts): saving and using the
@@ -616,6 +624,39 @@ def _train_loop(
         preempted=preempted,
         evaluations=evaluations,
     )
+
+
+def check_finite(
+    interval: Sequence[dict[str, np.ndarray]],
+    last_step: int,
+    checkpointer: checkpoint.TrainCheckpointer,
+) -> None:
+    """Raises TrainingDiverged at the first step of ``interval`` (which ends at ``last_step``)
+    whose loss or gradient norm is not finite.
+
+    Checked where the metrics reach the host anyway (log steps, saves), never per step. Every
+    step after a NaN is NaN too, so carrying on would only save NaN checkpoints and a NaN
+    final model; the run stops instead, naming the checkpoint to go back to.
+    """
+    for index, metrics in enumerate(interval):
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if np.isfinite(loss) and np.isfinite(grad_norm):
+            continue
+        step = last_step - len(interval) + 1 + index
+        # A non-finite loss was computed from the params saved at step - 1, so those are not
+        # good either; a finite loss with a non-finite gradient only spoils this step's update.
+        good_before = step - 1 if not np.isfinite(loss) else step
+        checkpointer.wait_until_finished()
+        saved = checkpointer.all_steps()
+        good = [s for s in saved if s < good_before]
+        where = f"step {good[-1]} in {checkpointer.directory}" if good else "none (restart from 0)"
+        spoiled = [s for s in saved if s >= good_before]
+        raise TrainingDiverged(
+            f"step {step}: training loss {loss}, gradient norm {grad_norm}: not finite, so the "
+            f"run stopped without saving this state (lower train.learning_rate?); last good "
+            f"checkpoint: {where}"
+            + (f"; steps {spoiled} are newer and hold diverging params" if spoiled else "")
+        )
 
 
 def no_recent_improvement(

@@ -108,6 +108,36 @@ def test_too_few_examples_for_one_batch_is_an_error(small_run, tmp_path, caplog)
     assert "fewer than one batch" in caplog.text
 
 
+@pytest.mark.parametrize("log_every", [1, 5], ids=["seen-at-a-log-step", "seen-at-a-save"])
+def test_a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(
+    small_run, tmp_path, caplog, log_every
+):
+    # Warmup from 0 to 1e30: step 1 leaves the params as they were, step 2 blows them up,
+    # and step 3's loss is NaN. So step 1 is the last good checkpoint; step 2 is not.
+    workdir = tmp_path / "diverged"
+    argv = [
+        "--config",
+        "configs/tiny.py",
+        *small_run,
+        f"train.workdir={workdir}",
+        "train.learning_rate=1e30",
+        "train.warmup_ratio=0.5",
+        "train.max_steps=8",
+        "train.eval_every=0",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=5",
+        f"train.log_every={log_every}",
+    ]
+    with caplog.at_level(logging.ERROR):
+        assert train_flax.main(argv) == 2
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "\n" not in message
+    assert message.startswith("step 3: training loss nan"), message
+    assert "last good checkpoint: step 1 in" in message, message
+    assert checkpoint.all_steps(workdir / "checkpoints") == [1, 2]
+    assert not (workdir / FINAL_MODEL_DIR).exists()
+
+
 def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
     overrides = [
         *small_run,
