@@ -33,7 +33,7 @@ from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.predict import write_predictions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
-from kobart_flax.summarize import Summarizer
+from kobart_flax.summarize import Summarizer, check_max_source_length
 from kobart_flax.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,8 @@ class SummaryService:
         max_source_length: int = 512,
         file_batch_size: int = FILE_BATCH_SIZE,
     ):
+        # Now, not at the first request: every summary would come back empty past the limit.
+        check_max_source_length(max_source_length, loaded.model.module)
         self.loaded = loaded
         self.max_source_length = max_source_length
         self.file_batch_size = file_batch_size
@@ -491,6 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             loaded = load_model(args.model, args.dtype)
     except ModelUnavailable as error:
+        logging.error("%s", error)
+        return 2
+    try:
+        check_max_source_length(args.max_source_length, loaded.model.module, "--max-source-length")
+    except ValueError as error:
         logging.error("%s", error)
         return 2
     service = SummaryService(loaded, args.max_source_length)

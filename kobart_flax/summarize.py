@@ -17,11 +17,32 @@ import numpy as np
 
 from kobart_flax.batching import pick_bucket
 from kobart_flax.generation import GenerationSettings, generate
-from kobart_flax.modeling import BartForConditionalGenerationModule
+from kobart_flax.modeling import POSITION_OFFSET, BartForConditionalGenerationModule
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_BUCKETS = (64, 128, 256, 512, 1024)
+MIN_SOURCE_LENGTH = 3  # <s>, one token of text, </s>
+
+
+def check_max_source_length(
+    max_source_length: int,
+    module: BartForConditionalGenerationModule,
+    name: str = "max_source_length",
+) -> None:
+    """ValueError unless ``max_source_length`` fits the model's position table; ``name`` is
+    what the message calls it (a command's flag).
+
+    Past it, the position lookups of the longest bucket fall off the table: NaN logits and an
+    empty summary for every text of the batch, short ones included, with no error.
+    """
+    limit = module.spec.max_position_embeddings - POSITION_OFFSET
+    if not MIN_SOURCE_LENGTH <= max_source_length <= limit:
+        raise ValueError(
+            f"{name}={max_source_length}: must be {MIN_SOURCE_LENGTH} to {limit}, "
+            f"the source positions of the model (max_position_embeddings="
+            f"{module.spec.max_position_embeddings} minus BART's offset {POSITION_OFFSET})"
+        )
 
 
 class Summarizer:
@@ -37,6 +58,7 @@ class Summarizer:
         max_source_length: int = 512,
         source_buckets: Sequence[int] = DEFAULT_SOURCE_BUCKETS,
     ):
+        check_max_source_length(max_source_length, module)
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size
