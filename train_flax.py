@@ -15,7 +15,7 @@ import sys
 
 import jax
 
-from kobart_flax import distributed
+from kobart_flax import checkpoint, distributed
 from kobart_flax.config import ConfigError, parse_args
 from kobart_flax.data_io import DataError
 from kobart_flax.train import TrainingDiverged, train_and_evaluate
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, distributed.DistributedError, TrainingDiverged) as error:
         # Bad input, a wrong launch or settings that diverge are the user's to fix: one clear
         # line, not a traceback.
+        logging.error("%s", error)
+        return 2
+    except (checkpoint.WorkdirLockedError, checkpoint.ResumeError, checkpoint.SaveError) as error:
+        # Another run in the workdir, no checkpoint to trust, a disk that filled: the message
+        # says what to do, a traceback would only bury it.
         logging.error("%s", error)
         return 2
     return EXIT_PREEMPTED if result.preempted else 0

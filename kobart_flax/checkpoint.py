@@ -34,18 +34,24 @@ ignores it, and the next training run deletes it (``cleanup_tmp_directories``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
 import math
+import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import fsspec
 import jax
+import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -80,9 +86,22 @@ def _import_orbax():
 _EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "Given directory is read only")
 
 
+# What Orbax logs, with a traceback each, from every thread a failed background save runs
+# (hundreds of lines for one full disk). TrainCheckpointer raises that failure in the training
+# loop at the next step, as one SaveError naming the step and the cause, so these only bury it.
+_BACKGROUND_SAVE_FAILURES = (
+    "_SignalingThread.run() raised an exception",
+    "Handler Commit operations or the Commit callback in background save thread",
+    "Save Finalize thread",
+    "Checkpointer failed: one or more items may not be finalized",
+)
+
+
 class _QuietOrbax(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return not any(failure in message for failure in _BACKGROUND_SAVE_FAILURES)
         return not any(expected in message for expected in _EXPECTED_ORBAX_WARNINGS)
 
 
@@ -116,6 +135,18 @@ _ORBAX_METRICS_ITEM = ocp.checkpoint_manager.METRIC_ITEM_NAME
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or unreadable; the message names it."""
+
+
+class ResumeError(RuntimeError):
+    """A training run cannot resume from its checkpoints and will not silently start over."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (disk full, bucket unreachable); training stopped."""
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another training run holds the workdir's lock; the message names it."""
 
 
 def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
@@ -437,6 +468,7 @@ class TrainCheckpointer:
             value = _metric_value(metrics, self._metric)
             return worst if value is None else value
 
+        self._restart_if_unreadable = train_config.restart_if_unreadable
         # Before Orbax reads the steps' metrics: one unreadable metrics file would stop it.
         self._move_aside_unreadable_steps()
         policies: list[ocp.checkpoint_managers.PreservationPolicy] = [
@@ -463,6 +495,7 @@ class TrainCheckpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._save_seconds: list[float] = []
+        self._writing_step: int | None = None  # of the newest save started
 
     # -- saving
 
@@ -488,21 +521,24 @@ class TrainCheckpointer:
             "step": step,
             "dropout_key_impl": key_impl_name(state.dropout_key),
         }
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    PARAMS: ocp.args.StandardSave(params),
-                    TRAIN_STATE: ocp.args.StandardSave(rest),
-                    DATA_ITERATOR: ocp.args.JsonSave(dict(data_iterator)),
-                    HISTORY: ocp.args.JsonSave(dict(history)),
-                    METADATA: ocp.args.JsonSave(metadata),
-                }
-            ),
-            metrics=dict(metrics) if metrics else None,
-            # When to save is the training loop's decision (interval, evals, end, preemption).
-            force=True,
-        )
+        # Orbax waits for the previous save first, and raises its failure here.
+        with self._save_errors():
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        PARAMS: ocp.args.StandardSave(params),
+                        TRAIN_STATE: ocp.args.StandardSave(rest),
+                        DATA_ITERATOR: ocp.args.JsonSave(dict(data_iterator)),
+                        HISTORY: ocp.args.JsonSave(dict(history)),
+                        METADATA: ocp.args.JsonSave(metadata),
+                    }
+                ),
+                metrics=dict(metrics) if metrics else None,
+                # When to save is the training loop's decision (interval, evals, end, preemption).
+                force=True,
+            )
+        self._writing_step = step
         seconds = time.perf_counter() - started
         self._save_seconds.append(seconds)
         logger.info("checkpoint step %d: writing in the background (blocked %.2fs)", step, seconds)
@@ -515,7 +551,32 @@ class TrainCheckpointer:
         _sync_hosts("kobart_flax_checkpoint_tokenizer")
 
     def wait_until_finished(self) -> None:
-        self._manager.wait_until_finished()
+        with self._save_errors():
+            self._manager.wait_until_finished()
+
+    def check_saves(self) -> None:
+        """Raises SaveError if a background save has failed; call it after every step.
+
+        Cheap while a save is still writing or none failed: it waits for nothing. Without it a
+        failure (a full disk) surfaced only at the next save, after more steps of training.
+        """
+        if not self._manager.is_saving_in_progress():
+            self.wait_until_finished()  # a finished save: returns at once, or raises its error
+
+    @contextlib.contextmanager
+    def _save_errors(self) -> Iterator[None]:
+        """Turns the failure of a background save into one SaveError naming step and cause."""
+        try:
+            yield
+        except Exception as error:
+            cause = _root_cause(error)
+            newest = self._manager.latest_step()
+            raise SaveError(
+                f"checkpoint step {self._writing_step} could not be written to {self.directory}: "
+                f"{_one_line(cause)}; training stopped (newest complete checkpoint: "
+                f"{'none' if newest is None else f'step {newest}'}; free space or fix the "
+                "storage, then rerun to resume)"
+            ) from error
 
     @property
     def save_seconds(self) -> list[float]:
@@ -556,14 +617,53 @@ class TrainCheckpointer:
     def restore_newest(
         self, abstract_state_for: Callable[[dict[str, Any]], steps.TrainState]
     ) -> Restored | None:
-        """Resume step 1: the newest step that restores; unreadable ones are moved aside."""
+        """Resume step 1: the newest step that restores; damaged newer ones are moved aside.
+
+        Raises:
+          ResumeError: a read failed for a reason other than damage (permissions, network,
+            I/O: the step may be fine), or no step is readable and
+            ``train.restart_if_unreadable`` is off. Nothing is moved aside then.
+        """
+        damaged: dict[int, CheckpointError] = {}
         for step in reversed(self.all_steps()):
             try:
-                return self.restore(step, abstract_state_for)
+                restored = self.restore(step, abstract_state_for)
             except CheckpointError as error:
+                if _is_read_failure(error):
+                    raise ResumeError(
+                        f"{error}: a read failure, not damage, so nothing was moved aside; "
+                        "rerun once the checkpoint is readable"
+                    ) from error
                 logger.warning("%s; falling back to the previous checkpoint", error)
-                self._move_aside(step)
+                damaged[step] = error
+                continue
+            for bad_step in damaged:
+                self._move_aside(bad_step)
+            return restored
+        if damaged:
+            self._restart_or_stop({step: str(error) for step, error in damaged.items()})
         return None
+
+    def _restart_or_stop(self, damaged: Mapping[int, str]) -> None:
+        """No step is readable: move them all aside (train.restart_if_unreadable) or stop."""
+        steps_text = ", ".join(str(step) for step in sorted(damaged, reverse=True))
+        if not self._restart_if_unreadable:
+            raise ResumeError(
+                f"no readable checkpoint in {self.directory}: step(s) {steps_text} are damaged "
+                f"(newest: {next(iter(damaged.values()))}); nothing was moved: rerun with "
+                f"train.restart_if_unreadable=true to move them to {CORRUPTED_DIR}/ and start "
+                "over from step 0"
+            )
+        logger.warning(
+            "no readable checkpoint in %s: moving step(s) %s to %s/ and starting over from step 0 "
+            "(train.restart_if_unreadable)",
+            self.directory,
+            steps_text,
+            CORRUPTED_DIR,
+        )
+        for step in damaged:
+            self._move_aside(step, reload=False)
+        self._manager.reload()
 
     # -- damaged steps
 
@@ -573,22 +673,27 @@ class TrainCheckpointer:
         Arrays are checked when they are restored (``restore_newest``); this catches what
         would stop ``ocp.CheckpointManager`` from even opening the directory.
         """
-        for step in all_steps(self.directory):
+        present = all_steps(self.directory)
+        damaged: dict[int, str] = {}
+        for step in present:
             step_dir = self.directory / str(step)
-            problem = None
-            for item in ITEMS:
-                if not (step_dir / item).exists():
-                    problem = f"item '{item}' is missing"
-                    break
-            if problem is not None:
-                logger.warning("checkpoint %s is incomplete: %s", step_dir, problem)
-                self._move_aside(step, reload=False)
+            missing = [item for item in ITEMS if not (step_dir / item).exists()]
+            if missing:
+                damaged[step] = (
+                    f"checkpoint {step_dir} is incomplete: item '{missing[0]}' is missing"
+                )
                 continue
             try:
                 _read_metrics(step_dir)
             except CheckpointError as error:
-                logger.warning("%s", error)
-                self._move_aside(step, reload=False)
+                damaged[step] = str(error)
+        for problem in damaged.values():
+            logger.warning("%s", problem)
+        if damaged and len(damaged) == len(present):
+            self._restart_or_stop(dict(sorted(damaged.items(), reverse=True)))
+            return
+        for step in damaged:
+            self._move_aside(step, reload=False)
 
     def _move_aside(self, step: int, reload: bool = True) -> None:
         """Keeps a damaged step for inspection, out of the way of the steps to come."""
@@ -605,18 +710,213 @@ class TrainCheckpointer:
     # -- lifetime
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for the last save; raises SaveError if it failed."""
+        with self._save_errors():
+            self._manager.close()
 
     def __enter__(self) -> TrainCheckpointer:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
+        try:
+            self.close()
+        except SaveError as error:
+            if exc_type is None:
+                raise
+            logger.error("%s", error)  # the error already on its way says why training stopped
+
+
+# Status codes (tensorstore, gRPC) of a read that failed for a reason other than the data.
+_READ_FAILURE_CODES = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "RESOURCE_EXHAUSTED",
+    "ABORTED",
+    "CANCELLED",
+)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _is_read_failure(error: CheckpointError) -> bool:
+    """True when a step could not be read for a reason that says nothing about its files
+    (permissions, network, I/O errors): moving such a step aside would lose a good one.
+
+    A missing file is damage (a step is complete only with all of them); anything that is
+    not an OSError (JSON, tensorstore's DATA_LOSS, a shape mismatch) is damage too.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and not isinstance(
+            cause, FileNotFoundError | IsADirectoryError | NotADirectoryError
+        ):
+            return True
+        if any(f"{code}:" in str(cause) for code in _READ_FAILURE_CODES):
+            return True
+    return False
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    return list(_causes(error))[-1]
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    if len(text) > 600:
+        text = text[:600] + " ..."
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in text:
+        text = f"disk full ({text})"
+    return text
 
 
 def _sync_hosts(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------------------
+# One training run per workdir
+
+LOCK_FILE = "train.lock"  # under train.workdir, while a training run uses it
+
+
+class WorkdirLock:
+    """Keeps a second training run out of a workdir in use; a context manager.
+
+    Without it, the second run's start-up deletes the first's in-flight checkpoint, both
+    crash, and the second resumes from the first's steps with its own settings. Process 0
+    creates ``<workdir>/train.lock`` atomically (``O_EXCL`` locally; on gs:// an upload that
+    succeeds only where no object exists, ``ifGenerationMatch=0``), naming its host and pid,
+    and deletes it on exit, also after an exception or a SIGTERM stop. A lock left by a killed
+    run on this host (its pid is gone) is taken over with a warning; a lock from another host
+    cannot be checked from here, so the error says how to remove it.
+    """
+
+    def __init__(self, workdir: str | epath.PathLike):
+        self.path = as_path(workdir) / LOCK_FILE
+        self._record: dict[str, Any] | None = None
+
+    def __enter__(self) -> WorkdirLock:
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._acquire()
+            except WorkdirLockedError as caught:
+                error = caught
+        if jax.process_count() > 1:
+            # Every host stops when process 0 could not lock, rather than wait for it forever.
+            locked = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+            if not locked and error is None:
+                error = WorkdirLockedError(
+                    f"{self.path}: process 0 could not lock the workdir (its log names the holder)"
+                )
+        if error is not None:
+            raise error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        record, self._record = self._record, None
+        # Only our own lock: after a takeover, the file may be another run's.
+        if record is not None and self._read() == record:
+            self.path.unlink()
+
+    def _acquire(self) -> None:
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        }
+        # Twice at most: once more after taking over a stale lock, or if the holder released
+        # its lock between our create and read.
+        for _ in range(2):
+            if self._create(json.dumps(record)):
+                self._record = record
+                return
+            holder = self._read()
+            if holder is None:
+                continue
+            if holder.get("host") == record["host"] and not _process_alive(holder.get("pid")):
+                logger.warning(
+                    "%s: taking over the lock of pid %s on %s (started %s): that process is gone",
+                    self.path,
+                    holder.get("pid"),
+                    holder.get("host"),
+                    holder.get("started"),
+                )
+                # Two runs taking over at the same instant could both succeed; a crash
+                # followed by two restarts within milliseconds is not worth a lock server.
+                self.path.unlink(missing_ok=True)
+                continue
+            raise WorkdirLockedError(self._held_message(holder, record["host"]))
+        raise WorkdirLockedError(f"{self.path}: could not create the lock file; rerun")
+
+    def _create(self, text: str) -> bool:
+        """Creates the lock file unless it exists; False if it did."""
+        if storage.is_remote(self.path):
+            filesystem, path = fsspec.core.url_to_fs(str(self.path))
+            try:
+                filesystem.pipe_file(path, text.encode(), mode="create")
+            except FileExistsError:  # gcsfs: 412 Precondition Failed
+                return False
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        return True
+
+    def _read(self) -> dict[str, Any] | None:
+        """The holder's record; None if there is no lock file. A file that does not parse
+        (a crash between creating and writing it) is an error naming it."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = None
+        if not isinstance(holder, dict):
+            raise WorkdirLockedError(
+                f"{self.path}: a lock file that names no run; if no training run uses this "
+                "workdir, delete it and rerun"
+            )
+        return holder
+
+    def _held_message(self, holder: Mapping[str, Any], this_host: str) -> str:
+        who = f"pid {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')})"
+        if holder.get("host") == this_host:
+            return (
+                f"{self.path}: the workdir is in use by {who}; wait for that run to end or "
+                "choose another train.workdir"
+            )
+        return (
+            f"{self.path}: the workdir is in use by {who}; if that run is gone, delete "
+            f"{self.path} and rerun"
+        )
+
+
+def _process_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # not a pid this host can check: assume the holder is alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 # ---------------------------------------------------------------------------------------

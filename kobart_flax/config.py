@@ -27,6 +27,7 @@ BEST_MODES = ("min", "max")
 # The device mesh's axes, outermost first; MeshConfig has a size for each.
 MESH_AXES = ("data", "fsdp", "tensor")
 ROUGE_TOKENIZATIONS = ("mecab", "whitespace", "character")  # see kobart_flax.metrics
+SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")  # the names model.special_tokens takes
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,10 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     dtype: str = "float32"  # compute dtype: "float32" | "bfloat16"; params stay float32
+    # The tokenizer's special tokens, as "bos=<s>,eos=</s>,pad=<pad>,unk=<unk>" (any subset):
+    # for mirrors that ship an empty special_tokens_map.json. "" = the tokenizer's own, and
+    # KoBART's tokens (with a warning) for those it lacks (kobart_flax.tokenization).
+    special_tokens: str = ""
 
 
 @dataclass
@@ -116,6 +121,9 @@ class TrainConfig:
     rouge_tokenization: str = "mecab"  # "mecab" (the Dacon metric) | "whitespace" | "character"
     # Stop after this many evaluations without a better best_metric; 0 = never.
     early_stopping_patience: int = 0
+    # With checkpoints in <workdir>/checkpoints but none readable, a run stops with an error
+    # naming them; true moves them to checkpoints/corrupted/ and starts over from step 0.
+    restart_if_unreadable: bool = False
 
 
 @dataclass
@@ -401,10 +409,49 @@ def _check_model(model: ModelConfig, problems: list[str]) -> None:
             problems.append(f"model.{name}={rate}: must be in [0, 1)")
     if model.dtype not in COMPUTE_DTYPES:
         problems.append(f"model.dtype={model.dtype!r}: must be one of {COMPUTE_DTYPES}")
+    try:
+        parse_special_tokens(model.special_tokens)
+    except ConfigError as error:
+        problems.append(str(error))
     if model.attention_heads > 0 and model.d_model % model.attention_heads != 0:
         problems.append(
             f"model.d_model={model.d_model}: not divisible by "
             f"model.attention_heads={model.attention_heads}"
+        )
+
+
+def parse_special_tokens(text: str) -> dict[str, str]:
+    """``"bos=<s>,eos=</s>"`` -> ``{"bos": "<s>", "eos": "</s>"}`` (model.special_tokens)."""
+    tokens: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, equals, token = (part.strip() for part in item.partition("="))
+        if not equals or role not in SPECIAL_TOKEN_ROLES or not token or role in tokens:
+            raise ConfigError(
+                f"model.special_tokens={text!r}: expected role=token pairs separated by commas, "
+                f"each role once, roles {', '.join(SPECIAL_TOKEN_ROLES)} (e.g. 'bos=<s>,eos=</s>')"
+            )
+        tokens[role] = token
+    return tokens
+
+
+def check_positions(data: DataConfig, max_position_embeddings: int, model_name: str) -> None:
+    """One-line ConfigError when data lengths or buckets exceed the positions of a model
+    whose size is known only at run time (``model.pretrained``, a checkpoint)."""
+    usable = max_position_embeddings - POSITION_OFFSET
+    too_long = [
+        f"{name}={value}"
+        for name, value in (
+            ("data.max_source_length", data.max_source_length),
+            ("data.max_target_length", data.max_target_length),
+            ("data.source_buckets", max(data.source_buckets)),
+            ("data.target_buckets", max(data.target_buckets)),
+        )
+        if value > usable
+    ]
+    if too_long:
+        raise ConfigError(
+            f"{', '.join(too_long)} exceed the {usable} positions of {model_name} "
+            f"(max_position_embeddings={max_position_embeddings} minus offset {POSITION_OFFSET})"
         )
 
 

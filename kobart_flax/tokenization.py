@@ -1,5 +1,6 @@
 """Tokenizer loading and turning examples into the token ids the model trains on."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     # EncodedExample from here) should not pay for it.
     from transformers import PreTrainedTokenizerFast
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EncodedExample:
@@ -21,12 +24,60 @@ class EncodedExample:
     labels: np.ndarray  # int32 [target_len]: summary </s>
 
 
-def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerFast":
-    """Loads a fast tokenizer from a hub name (``gogamza/kobart-base-v1``) or a directory."""
+# KoBART's special tokens (ids 0, 1, 3 and 5 of its vocabulary), for tokenizers that lack them.
+KOBART_SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
+# Training, batching and generation cannot do without these; an unknown token is optional.
+REQUIRED_SPECIAL_TOKENS = ("bos", "eos", "pad")
+
+
+def load_tokenizer(name_or_path: str, special_tokens: str = "") -> "PreTrainedTokenizerFast":
+    """Loads a fast tokenizer from a hub name (``gogamza/kobart-base-v1``) or a directory.
+
+    ``special_tokens`` (``model.special_tokens``, e.g. ``"bos=<s>,eos=</s>,pad=<pad>"``) names
+    tokens of the vocabulary to use as the special ones. A special token that is neither named
+    nor defined by the tokenizer (some KoBART mirrors ship an empty special_tokens_map.json)
+    becomes KoBART's, with a warning, if the vocabulary has it.
+
+    Raises:
+      ConfigError: a named token is not in the vocabulary, or bos/eos/pad is missing and the
+        vocabulary has no KoBART token to stand in.
+    """
     from transformers import AutoTokenizer
 
+    from kobart_flax.config import ConfigError, parse_special_tokens
+
+    named = parse_special_tokens(special_tokens)
     with storage.local_directory(name_or_path) as local:
-        return AutoTokenizer.from_pretrained(local)
+        tokenizer = AutoTokenizer.from_pretrained(local)
+    vocabulary = tokenizer.get_vocab()
+    defaulted = []
+    for role, default in KOBART_SPECIAL_TOKENS.items():
+        token = named.get(role)
+        if token is None and getattr(tokenizer, f"{role}_token") is None:
+            if default in vocabulary:
+                token = default
+                defaulted.append(f"{role} {default} (id {vocabulary[default]})")
+            elif role in REQUIRED_SPECIAL_TOKENS:
+                raise ConfigError(
+                    f"tokenizer {name_or_path} has no {role} token and no {default} in its "
+                    f"vocabulary: name one with model.special_tokens={role}=TOKEN"
+                )
+        if token is None:
+            continue
+        if token not in vocabulary:
+            raise ConfigError(
+                f"model.special_tokens: {role}={token} is not in the vocabulary of tokenizer "
+                f"{name_or_path}"
+            )
+        setattr(tokenizer, f"{role}_token", token)
+    if defaulted:
+        logger.warning(
+            "tokenizer %s lacks special tokens; using KoBART's: %s (model.special_tokens names "
+            "others)",
+            name_or_path,
+            ", ".join(defaulted),
+        )
+    return tokenizer
 
 
 def encode_example(

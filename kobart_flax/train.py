@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -43,6 +44,7 @@ from kobart_flax.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
+    check_positions,
     config_to_dict,
     validate,
 )
@@ -225,6 +227,15 @@ def abstract_sharded_state(
     return abstract, state_sharding
 
 
+def pretrained_positions(name_or_path: str) -> int:
+    """``max_position_embeddings`` of a ``model.pretrained``, read from its config alone."""
+    if storage.is_remote(name_or_path):
+        # local_directory would copy the weights too, only to read one number.
+        config_file = storage.as_path(name_or_path) / "config.json"
+        return int(json.loads(config_file.read_text())["max_position_embeddings"])
+    return BartConfig.from_pretrained(name_or_path).max_position_embeddings
+
+
 def model_from_metadata(
     metadata: dict, dtype: jnp.dtype, tokenizer, params: dict | None = None
 ) -> FlaxBartForConditionalGeneration:
@@ -270,6 +281,11 @@ def initialize(
     # 1. This run's newest readable checkpoint: continue exactly where it stopped.
     def abstract_state_for(metadata: dict) -> steps.TrainState:
         model = model_from_metadata(metadata, dtype, tokenizer)
+        check_positions(
+            config.data,
+            model.config.max_position_embeddings,
+            f"the checkpoint in {checkpointer.directory}",
+        )
         return abstract_sharded_state(model, optimizer, mesh, seed)[0]
 
     restored = checkpointer.restore_newest(abstract_state_for)
@@ -301,6 +317,9 @@ def initialize(
             config.train.init_checkpoint, sharding=sharding.replicated(mesh)
         )
         model = model_from_metadata(metadata, dtype, tokenizer, params=params)
+        check_positions(
+            config.data, model.config.max_position_embeddings, config.train.init_checkpoint
+        )
         logger.info(
             "initialized the params from %s (step %d)",
             config.train.init_checkpoint,
@@ -361,9 +380,19 @@ def train_and_evaluate(config: Config) -> TrainResult:
     distributed.check_topology(config.mesh.expected_processes, config.mesh.expected_devices)
     validate(config, device_count=jax.device_count(), process_count=jax.process_count())
     check_best_metric(config)
-    train_config, data_config = config.train, config.data
+    # Before anything in the workdir is read or written: token cache, checkpoints, logs.
+    with checkpoint.WorkdirLock(config.train.workdir):
+        return _train_and_evaluate(config)
 
-    tokenizer = load_tokenizer(config.model.tokenizer)
+
+def _train_and_evaluate(config: Config) -> TrainResult:
+    train_config, data_config = config.train, config.data
+    tokenizer = load_tokenizer(config.model.tokenizer, config.model.special_tokens)
+    if config.model.pretrained:
+        # Validation checked model.max_position_embeddings, which a pretrained model ignores.
+        check_positions(
+            data_config, pretrained_positions(config.model.pretrained), config.model.pretrained
+        )
     train_examples = load_encoded(data_config.train_path, config, tokenizer)
     raw_eval_examples = load_examples(data_config.eval_path, config)
     eval_examples = encode_examples(
@@ -598,6 +627,9 @@ def _train_loop(
                                 train_config.early_stopping_patience,
                             )
                             total_steps = step
+                    # A failed background save (a full disk) stops the run now, not at the
+                    # next save steps later; this waits for nothing.
+                    checkpointer.check_saves()
                     # Every host, every step: on a pod this is where the hosts agree to stop.
                     preempted = preemption.reached(step)
                     if preempted or should_checkpoint(

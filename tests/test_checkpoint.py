@@ -226,6 +226,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, 
     assert 2 <= stopped_at < TOTAL_STEPS, log
     assert f"stopped at step {stopped_at} after a preemption notice" in log
     assert not (tmp_path / "final_model").exists()
+    assert not (tmp_path / checkpoint.LOCK_FILE).exists()  # released: the rerun may start
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
