@@ -28,11 +28,10 @@ import jax
 import jax.numpy as jnp
 from transformers import BartConfig
 
-from kobart_flax import storage
 from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.predict import write_predictions
-from kobart_flax.pretrained import FlaxBartForConditionalGeneration
+from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import Summarizer, check_max_source_length
 from kobart_flax.tokenization import load_tokenizer
 
@@ -88,20 +87,20 @@ class LoadedModel:
 
 def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
     """A model directory (train output or exported), or a hub name like predict.py takes."""
-    is_hub_name = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
-    if not storage.as_path(name_or_path).is_dir() and not is_hub_name:
-        hint = (
-            "Train the quickstart model first: python train_flax.py --config configs/tiny.py "
-            "(see README.md), or pass --model DIR"
-            if name_or_path == QUICKSTART_MODEL
-            else "Pass --model with a directory holding config.json and the weights"
-        )
-        raise ModelUnavailable(f"no model at {name_or_path}. {hint}.")
     try:
         model = FlaxBartForConditionalGeneration.from_pretrained(name_or_path, jnp.dtype(dtype))
         tokenizer = load_tokenizer(name_or_path)
-    except OSError as error:  # a missing file, or a hub name that cannot be reached
-        raise ModelUnavailable(f"cannot load a model from {name_or_path}: {error}") from error
+    except ModelNotFoundError as error:  # one line already; the quickstart's also says how
+        hint = (
+            ". Train the quickstart model first: python train_flax.py --config configs/tiny.py "
+            "(see README.md), or pass --model DIR"
+            if name_or_path == QUICKSTART_MODEL
+            else ""
+        )
+        raise ModelUnavailable(f"{error}{hint}") from error
+    except OSError as error:  # a weights or tokenizer file missing from the model directory
+        first_line = str(error).strip().splitlines()[0]
+        raise ModelUnavailable(f"cannot load a model from {name_or_path}: {first_line}") from error
     return LoadedModel(model, tokenizer, name_or_path)
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics import TOKENIZATIONS, rouge
-from kobart_flax.pretrained import FlaxBartForConditionalGeneration
+from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
 
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, FileNotFoundError, ModelNotFoundError, ValueError) as error:
         logging.error("%s", error)
         return 2
     return 0

@@ -57,3 +57,37 @@ def test_demo_refuses_a_too_long_source_length_before_compiling(model_dir, caplo
         assert demo.main(["--model", str(model_dir), "--max-source-length", "1100"]) == 2
     (message,) = error_lines(caplog)
     assert "--max-source-length=1100" in message and str(SOURCE_LIMIT) in message, message
+
+
+def test_a_mistyped_model_path_is_one_line_naming_it(model_dir, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("not a model")
+    for model, reason in [
+        ("runs/tiny/final_mdel", "no model at runs/tiny/final_mdel: no such directory"),
+        # Shaped like a hub id, but runs/ is here: a local typo, answered without the hub.
+        ("runs/final_mdel", "no model at runs/final_mdel: no such directory"),
+        ("runs", "runs: no config.json"),
+        ("runs/notes.txt", "runs/notes.txt is a file"),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert predict.main(["--model", model, "--text", "짧은 기사입니다."]) == 2, model
+        (message,) = error_lines(caplog)
+        assert reason in message and "\n" not in message, message
+        with pytest.raises(demo.ModelUnavailable, match=reason):
+            demo.load_model(model)
+
+
+def test_a_hub_name_out_of_reach_is_one_line_naming_the_offline_switch(caplog, monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline, as HF_HUB_OFFLINE=1 makes it: no network in tests, and no 20 s of retries.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with caplog.at_level(logging.ERROR):
+        assert predict.main(["--model", "tpyo/kobart-base", "--text", "짧은 기사입니다."]) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith("no model at tpyo/kobart-base: not a local directory"), message
+    assert "HF_HUB_OFFLINE" in message and "\n" not in message, message
+    with pytest.raises(demo.ModelUnavailable, match="HF_HUB_OFFLINE"):
+        demo.load_model("tpyo/kobart-base")
