@@ -3,20 +3,27 @@
 Two formats, chosen by suffix:
 
 - ``.tsv``: a header row naming the columns ``news`` and ``summary`` (either order), then one
-  example per record. This is the format of the original project's ``data/train.tsv``.
+  example per record. This is the format of the original project's ``data/train.tsv``. Quoting
+  is strict: a field is quoted only if it is entirely quoted (see ``_split_records``).
 - ``.jsonl``: one JSON object per line with string fields ``news`` and ``summary``; other fields
   are ignored.
+
+The demo's file tab also reads comma-separated files by the TSV rules (``read_csv_articles``).
 
 Paths go through ``etils.epath`` so ``gs://`` buckets work the same as local files.
 """
 
+import bisect
 import csv
 import io
+import itertools
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from etils import epath
 
@@ -30,6 +37,21 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 # Lone surrogates cannot be encoded as UTF-8, so no tokenizer accepts text containing them.
 _ANY_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Decoded text other than ASCII and escaped bytes. A line mostly of these is UTF-8 with a few
+# bad bytes (corruption), not text in another encoding, whose bytes only now and then happen to
+# form a valid UTF-8 sequence.
+_VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
+
+# An entirely quoted field, as csv and pandas write one holding the delimiter, a quote or a line
+# break: '"', text with every inner quote doubled, '"'. The possessive quantifiers never
+# backtrack, so a quote that never closes costs one pass over the rest of the file, not more.
+_QUOTED_FIELD = re.compile(r'"((?:[^"]++|"")*+)"')
+_LINE_BREAK = re.compile("[\r\n]")
+
+# Letters that render as nothing: the Hangul fillers, which Korean text uses as a "blank".
+# (Zero-width spaces, joiners and byte order marks are Unicode category Cf, checked as such.)
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 # How many bad-row messages the single "skip" warning quotes before it only counts.
 _WARNING_EXAMPLE_COUNT = 3
@@ -80,17 +102,43 @@ def read_examples(
         )
     file = epath.Path(path)
     suffix = file.suffix.lower()
+    formats = ".tsv, .jsonl" if require_summary else ".tsv, .jsonl, .txt"
+    formats += ", .parquet, .arrow, .csv, a save_to_disk directory or hf://datasets/..."
+    if file.is_dir():
+        raise DataError(
+            f"{path}: a directory, and not a datasets save_to_disk one; expected a file ({formats})"
+        )
     if suffix == ".tsv":
-        rows = _parse_tsv(path, file.read_bytes(), require_summary)
+        rows = _parse_delimited(path, _read_bytes(path, formats), require_summary, "\t")
     elif suffix == ".jsonl":
-        rows = _parse_jsonl(path, file.read_bytes(), require_summary)
+        rows = _parse_jsonl(path, _read_bytes(path, formats), require_summary)
     elif suffix == ".txt" and not require_summary:
-        rows = _parse_txt(path, file.read_bytes())
+        rows = _parse_txt(path, _read_bytes(path, formats))
     else:
-        formats = ".tsv, .jsonl" if require_summary else ".tsv, .jsonl, .txt"
-        formats += ", .parquet, .arrow, .csv, a save_to_disk directory or hf://datasets/..."
-        raise ValueError(f"{path}: unsupported suffix {file.suffix!r}; use {formats}")
+        raise DataError(f"{path}: unsupported suffix {file.suffix!r}; use {formats}")
     return apply_bad_row_policy(path, rows, bad_rows)
+
+
+def read_csv_articles(path: str, bad_rows: str = "error") -> list[Example]:
+    """Articles (and summaries, if given) of a comma-separated file, by the TSV rules.
+
+    ``read_examples`` hands ``.csv`` to the ``datasets`` library (any column names, no line
+    numbers); the demo's file tab wants what spreadsheets export read like a TSV instead: a
+    header naming ``news`` (and optionally ``summary``), strict quoting, errors by line.
+    """
+    data = _read_bytes(path, "a .csv file with a header row naming 'news'")
+    return apply_bad_row_policy(path, _parse_delimited(path, data, False, ","), bad_rows)
+
+
+def _read_bytes(path: str, expected: str) -> bytes:
+    try:
+        return epath.Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; expected {expected}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a directory; expected {expected}") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def write_tsv(path: str, examples: Iterable[Example]) -> None:
@@ -98,14 +146,40 @@ def write_tsv(path: str, examples: Iterable[Example]) -> None:
 
     Fields containing a tab, newline or double quote are double-quoted with inner quotes
     doubled, exactly like ``DataFrame.to_csv(sep='\\t', index=False)``, so files written here
-    also load in the original project.
+    also load in the original project. The caller writes to a temporary name and renames if a
+    failure must not leave a half-written file (``scripts/convert_dataset.py`` does).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    # csv (like pandas) leaves a field holding a lone "\r" unquoted, yet every reader, this one
+    # included, ends a line there; rows with one are written with every field quoted instead.
+    quoting_all = csv.writer(buffer, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(COLUMNS)
     for example in examples:
-        writer.writerow((example.news, example.summary))
+        row = (example.news, example.summary)
+        (quoting_all if any("\r" in field for field in row) else writer).writerow(row)
     epath.Path(path).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def invalid_utf8_error(path: str, origin: str, raw: bytes, detail: str = "") -> DataError:
+    """The error for a line of ``path`` that is not UTF-8, with a hint if it is CP949 instead.
+
+    Korean files from older Windows software (Excel's "CSV" among them) are CP949 / EUC-KR:
+    such a line decodes as CP949, and most of its non-ASCII bytes are invalid UTF-8.
+    """
+    message = f"{origin}: invalid UTF-8{detail}"
+    try:
+        raw.decode("cp949")
+    except UnicodeDecodeError:
+        return DataError(message)
+    text = raw.decode("utf-8", errors="surrogateescape")
+    if len(_VALID_NON_ASCII.findall(text)) >= len(_ESCAPED_BYTE.findall(text)):
+        return DataError(message)
+    file = epath.Path(path)
+    return DataError(
+        f"{message}; the file looks CP949/EUC-KR-encoded: convert it to UTF-8, "
+        f"e.g. iconv -f cp949 -t utf-8 {file.name} > {file.stem}.utf8{file.suffix}"
+    )
 
 
 def apply_bad_row_policy(
@@ -139,6 +213,8 @@ def apply_bad_row_policy(
 def _make_example(news: str, summary: str | None, origin: str) -> Example | DataError:
     """Strips both fields and refuses empty ones, so no row silently becomes an empty example.
 
+    A field of only invisible characters (zero-width spaces, Hangul fillers) counts as empty:
+    ``str.strip`` keeps them, and the tokenizer would turn them into ``<unk>`` rows.
     ``summary=None`` means the input has no summaries at all (articles to summarize).
     """
     news = news.strip()
@@ -149,8 +225,9 @@ def _make_example(news: str, summary: str | None, origin: str) -> Example | Data
         summary = summary.strip()
         fields = (("news", news), ("summary", summary))
     for name, value in fields:
-        if not value:
-            return DataError(f"{origin}: empty {name!r}")
+        if _is_blank(value):
+            shown = f" (only {', '.join(sorted({f'U+{ord(c):04X}' for c in value}))})"
+            return DataError(f"{origin}: empty {name!r}{shown if value else ''}")
         if _ANY_SURROGATE.search(value):
             # Only a JSON "\udXXX" escape can get here; the Rust tokenizer would reject it later,
             # far from the row that caused it.
@@ -158,38 +235,115 @@ def _make_example(news: str, summary: str | None, origin: str) -> Example | Data
     return Example(news=news, summary=summary, origin=origin)
 
 
-def _parse_tsv(path: str, data: bytes, require_summary: bool) -> Iterator[Example | DataError]:
+def _is_blank(text: str) -> bool:
+    # all() stops at the first visible character, the first one of any real text.
+    return all(
+        char.isspace() or char in _INVISIBLE_LETTERS or unicodedata.category(char) == "Cf"
+        for char in text
+    )
+
+
+def _parse_delimited(
+    path: str, data: bytes, require_summary: bool, delimiter: str
+) -> Iterator[Example | DataError]:
     # Decoding with surrogateescape keeps going past invalid UTF-8: each bad byte becomes a lone
     # surrogate that no valid text contains, so the row holding it can be reported (or skipped)
     # by line while the rest of the file still parses.
     text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    # The csv module, not str.split, because the original project read these files with
-    # pandas.read_csv(sep='\t') and wrote them with to_csv: fields holding a tab, newline or
-    # double quote arrive double-quoted (inner quotes doubled) and must be unquoted the same way.
-    # newline="" hands line ends to csv untouched, as its docs require for quoted newlines.
+    # Lines as csv counts them: "\n", "\r\n" and a lone "\r" each end one.
     lines = io.StringIO(text, newline="").readlines()
-    reader = csv.reader(lines, delimiter="\t")
-    header = _read_tsv_header(path, reader, require_summary)
+    records = _split_records(path, text, lines, delimiter)
+    header = _read_header(path, records, require_summary, delimiter)
     order = [header.index(column) for column in COLUMNS if column in header]
-    while True:
-        first_line = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            # The reader cannot resynchronise after this, so it stops the file under any policy.
-            raise DataError(f"{path}:{first_line}: malformed TSV ({error})") from error
-        if not fields:
-            continue  # A blank line is not a row; pandas skips these too.
-        yield _tsv_row(path, fields, order, lines, first_line, reader.line_num)
+    for record in records:
+        if isinstance(record, DataError):
+            yield record
+        else:
+            yield _delimited_row(path, record, order, lines, delimiter)
 
 
-def _read_tsv_header(path: str, reader: Iterator[list[str]], require_summary: bool) -> list[str]:
-    try:
-        header = [name.strip() for name in next(reader)]
-    except StopIteration:
-        raise DataError(f"{path}:1: empty file; expected a header row 'news<TAB>summary'") from None
+class _Record(NamedTuple):
+    fields: list[str]
+    first_line: int
+    last_line: int
+
+
+def _split_records(
+    path: str, text: str, lines: list[str], delimiter: str
+) -> Iterator[_Record | DataError]:
+    """The records of delimited text (blank lines skipped), or an error for each bad one.
+
+    Quoting is what pandas ``to_csv`` and ``write_tsv`` write, read strictly: a field is quoted
+    only if it is entirely quoted, '"' to '"' with inner quotes doubled, and then may hold the
+    delimiter and line breaks. The csv module instead opens a quote at any field starting with
+    '"' and runs it on to the next lone '"', however many lines later, so one stray quote
+    silently merged rows. Here a field that only starts with a quote (``"경제가 어렵다" 라고``)
+    is taken literally, and one whose quote does not close on its own line and does not end a
+    quoted field later either is an error at its line; reading resumes on the next line.
+    """
+    line_starts = list(itertools.accumulate(map(len, lines[:-1]), initial=0))
+    unquoted = re.compile(f"[^{re.escape(delimiter)}\r\n]*")
+    position = 0
+    while position < len(text):
+        if text[position] in "\r\n":
+            position = _after_line_end(text, position)
+            continue  # A blank line is not a record; pandas skips these too.
+        first_line = bisect.bisect_right(line_starts, position)
+        fields: list[str] = []
+        while True:
+            field = _field(text, position, delimiter, unquoted)
+            if field is None:
+                yield DataError(
+                    f"{path}:{first_line}: column {len(fields) + 1} opens a '\"' that never "
+                    'closes; quote the whole field ("..." with inner quotes doubled) or '
+                    "remove the stray quote"
+                )
+                # Line numbers count from 1, so line_starts[first_line] starts the next line.
+                position = line_starts[first_line] if first_line < len(lines) else len(text)
+                break
+            value, position = field
+            fields.append(value)
+            if not text.startswith(delimiter, position):
+                last_line = bisect.bisect_right(line_starts, position)
+                yield _Record(fields, first_line, last_line)
+                position = _after_line_end(text, position)
+                break
+            position += len(delimiter)
+
+
+def _field(
+    text: str, position: int, delimiter: str, unquoted: re.Pattern
+) -> tuple[str, int] | None:
+    """(the field starting at ``position``, where it ends), or None for an unclosed quote."""
+    if text.startswith('"', position):
+        quoted = _QUOTED_FIELD.match(text, position)
+        if quoted and _ends_field(text, quoted.end(), delimiter):
+            return quoted[1].replace('""', '"'), quoted.end()
+        if not quoted or _LINE_BREAK.search(text, position, quoted.end()):
+            return None
+        # The quote closes on its line but text follows it: quotes within the text.
+    end = unquoted.match(text, position).end()
+    return text[position:end], end
+
+
+def _ends_field(text: str, position: int, delimiter: str) -> bool:
+    return position == len(text) or text[position] in "\r\n" or text.startswith(delimiter, position)
+
+
+def _after_line_end(text: str, position: int) -> int:
+    return position + 2 if text.startswith("\r\n", position) else position + 1
+
+
+def _read_header(
+    path: str, records: Iterator[_Record | DataError], require_summary: bool, delimiter: str
+) -> list[str]:
+    record = next(records, None)
+    if record is None:
+        separator = "<TAB>" if delimiter == "\t" else delimiter
+        raise DataError(f"{path}:1: empty file; expected a header row 'news{separator}summary'")
+    if isinstance(record, DataError):
+        raise record  # Without its header no row of the file can be read.
+    header = [name.strip() for name in record.fields]
     if sorted(header) == sorted(COLUMNS) or (not require_summary and header == ["news"]):
         return header
     hint = ""
@@ -203,20 +357,18 @@ def _read_tsv_header(path: str, reader: Iterator[list[str]], require_summary: bo
     )
 
 
-def _tsv_row(
-    path: str,
-    fields: list[str],
-    order: list[int],
-    lines: list[str],
-    first_line: int,
-    last_line: int,
+def _delimited_row(
+    path: str, record: _Record, order: list[int], lines: list[str], delimiter: str
 ) -> Example | DataError:
+    fields, first_line, last_line = record
     origin = f"{path}:{first_line}"
     for number in range(first_line, last_line + 1):
-        if _ESCAPED_BYTE.search(lines[number - 1]):
-            return DataError(f"{path}:{number}: invalid UTF-8")
+        line = lines[number - 1]
+        if _ESCAPED_BYTE.search(line):
+            raw = line.encode("utf-8", errors="surrogateescape")
+            return invalid_utf8_error(path, f"{path}:{number}", raw)
     if len(fields) != len(order):
-        message = _column_count_message(len(fields), len(order), first_line, last_line)
+        message = _column_count_message(len(fields), len(order), record, delimiter)
         return DataError(f"{origin}: {message}")
     if len(order) == 1:
         return _make_example(fields[0], None, origin)
@@ -224,14 +376,16 @@ def _tsv_row(
     return _make_example(news, summary, origin)
 
 
-def _column_count_message(count: int, expected: int, first_line: int, last_line: int) -> str:
+def _column_count_message(count: int, expected: int, record: _Record, delimiter: str) -> str:
+    first_line, last_line = record.first_line, record.last_line
     names = "news, summary" if expected == 2 else "news"
     message = f"expected {expected} column{'s' if expected > 1 else ''} ({names}), got {count}"
     if last_line > first_line:
-        # Only an opened double quote lets a row run over several lines.
+        # Only a quoted field lets a row run over several lines.
         return f"{message}; the row spans lines {first_line}-{last_line}, an unbalanced '\"'?"
     if count > expected:
-        return f"{message}; an unescaped tab inside a field?"
+        separator = "tab" if delimiter == "\t" else f"{delimiter!r}"
+        return f"{message}; an unescaped {separator} inside a field?"
     return f"{message}; an unescaped newline inside a field?"
 
 
@@ -243,7 +397,8 @@ def _parse_jsonl(path: str, data: bytes, require_summary: bool) -> Iterator[Exam
         try:
             line = raw_line.decode("utf-8").removeprefix("\ufeff").strip()
         except UnicodeDecodeError as error:
-            yield DataError(f"{origin}: invalid UTF-8 at byte {error.start} of the line")
+            detail = f" at byte {error.start} of the line"
+            yield invalid_utf8_error(path, origin, raw_line, detail)
             continue
         if not line:
             continue  # Blank lines (including the one after the final newline) hold no record.
@@ -277,6 +432,7 @@ def _parse_txt(path: str, data: bytes) -> Iterator[Example | DataError]:
         try:
             line = raw_line.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as error:
-            yield DataError(f"{origin}: invalid UTF-8 at byte {error.start} of the line")
+            detail = f" at byte {error.start} of the line"
+            yield invalid_utf8_error(path, origin, raw_line, detail)
             continue
         yield _make_example(line, None, origin)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import dataclasses
 import importlib
-import io
 import logging
 import tempfile
 import threading
@@ -29,7 +27,7 @@ import jax.numpy as jnp
 from transformers import BartConfig
 
 from kobart_flax.batching import pick_bucket
-from kobart_flax.data_io import DataError, Example, read_examples
+from kobart_flax.data_io import Example, read_csv_articles, read_examples
 from kobart_flax.predict import write_predictions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import Summarizer, check_max_source_length
@@ -125,49 +123,6 @@ def load_checkpoint(directory: str, dtype: str = "float32") -> LoadedModel:
     config = BartConfig.from_dict(metadata["model_config"])
     model = FlaxBartForConditionalGeneration(config, jnp.dtype(dtype), params=params)
     return LoadedModel(model, tokenizer, directory)
-
-
-def read_csv_articles(path: str) -> list[Example]:
-    """Articles (and summaries, if given) of a CSV, with data_io's rules and messages for TSV.
-
-    data_io reads TSV, JSONL and TXT; CSV is what spreadsheets export, so the demo reads it
-    too: a header naming ``news`` (and optionally ``summary``), no empty field, errors by line.
-    """
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in next(reader, [])]
-    if sorted(header) not in (["news"], ["news", "summary"]):
-        raise DataError(
-            f"{path}:1: expected a header row with exactly the columns 'news' and 'summary', "
-            f"got {header!r}"
-        )
-    examples = []
-    line = reader.line_num + 1
-    try:
-        for fields in reader:
-            origin, line = f"{path}:{line}", reader.line_num + 1
-            if not fields:
-                continue  # a blank line, as data_io (and pandas) skip them
-            if len(fields) != len(header):
-                raise DataError(
-                    f"{origin}: expected {len(header)} columns ({', '.join(header)}), got "
-                    f"{len(fields)}; an unquoted comma or newline inside a field?"
-                )
-            row = {name: field.strip() for name, field in zip(header, fields, strict=True)}
-            for name, value in row.items():
-                if not value:
-                    raise DataError(f"{origin}: empty {name!r}")
-            examples.append(Example(row["news"], row.get("summary", ""), origin))
-    except csv.Error as error:
-        raise DataError(f"{path}:{line}: malformed CSV ({error})") from error
-    if not examples:
-        raise DataError(f"{path}:1: no examples")
-    return examples
 
 
 def read_articles(path: str) -> list[Example]:

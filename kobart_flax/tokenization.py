@@ -129,6 +129,11 @@ def encode_examples(
                     f"{example.origin}: {field!r} produced no tokens (characters the tokenizer "
                     "cannot represent, and it has no unknown token?)"
                 )
+            if not _has_known_text(tokenizer, ids):
+                raise DataError(
+                    f"{example.origin}: {field!r} has no character the tokenizer knows (only "
+                    f"<unk>): {getattr(example, field)[:40]!r}; fix or remove the row"
+                )
         input_ids = [bos_id, *news_ids[: max_source_length - 2], eos_id]
         labels = [*summary_ids[: max_target_length - 1], eos_id]
         encoded.append(
@@ -138,6 +143,18 @@ def encode_examples(
             )
         )
     return encoded
+
+
+def _has_known_text(tokenizer: "PreTrainedTokenizerFast", ids: list[int]) -> bool:
+    """Whether non-empty ``ids`` hold any text besides unknown and special tokens.
+
+    Zero-width spaces, emoji and other characters outside the vocabulary encode as a word
+    boundary and ``<unk>`` (``▁ <unk>``): not empty, yet nothing to train on or summarize.
+    Only texts holding ``<unk>`` are decoded; the membership test is a C-speed scan.
+    """
+    if tokenizer.unk_token_id not in ids:
+        return True
+    return bool(tokenizer.decode(ids, skip_special_tokens=True).strip())
 
 
 def _bos_and_eos_ids(tokenizer: "PreTrainedTokenizerFast") -> tuple[int, int]:

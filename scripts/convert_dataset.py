@@ -9,6 +9,8 @@ Formats:
 
 The articles are split into train and test with a seeded shuffle and written as
 ``OUTPUT_DIR/train.tsv`` and ``OUTPUT_DIR/test.tsv`` in the convention ``read_examples`` reads.
+Existing files there are replaced only with ``--overwrite``, and only once both new files are
+written whole.
 
 Usage, from the repository root:
 
@@ -17,6 +19,7 @@ Usage, from the repository root:
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from etils import epath
 
-from kobart_flax.data_io import DataError, Example, write_tsv
+from kobart_flax.data_io import DataError, Example, invalid_utf8_error, write_tsv
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def read_dacon(path: str) -> Iterator[Example | DataError]:
         try:
             record = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError:
-            yield DataError(f"{origin}: invalid UTF-8")
+            yield invalid_utf8_error(path, origin, line)
             continue
         except json.JSONDecodeError as error:
             yield DataError(f"{origin}: invalid JSON ({error.msg})")
@@ -142,6 +145,25 @@ def split_train_test(
     return train, test
 
 
+def write_outputs(output_dir: str, splits: dict[str, list[Example]]) -> None:
+    """Writes ``OUTPUT_DIR/<split>.tsv`` for each split: all aside first, then renamed into place.
+
+    A failure while writing (a full disk, an interrupt) so leaves any earlier files whole, and
+    never a half-written file or a new train.tsv beside an old test.tsv.
+    """
+    directory = epath.Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = {name: directory / f".{name}.tsv.partial-{os.getpid()}" for name in splits}
+    try:
+        for name, examples in splits.items():
+            write_tsv(str(partial[name]), examples)
+        for name, path in partial.items():
+            path.replace(directory / f"{name}.tsv")
+    finally:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--format", choices=sorted(READERS), required=True)
@@ -150,7 +172,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace train.tsv / test.tsv in --output-dir"
+    )
     args = parser.parse_args(argv)
+    output_dir = epath.Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.exit(2, f"error: --output-dir {args.output_dir} is a file, not a directory\n")
+    existing = [output_dir / name for name in ("train.tsv", "test.tsv")]
+    existing = [path for path in existing if path.exists()]
+    if existing and not args.overwrite:
+        # Checked before converting: a long conversion must not end in this refusal.
+        parser.exit(2, f"error: {existing[0]} exists; pass --overwrite to replace it\n")
 
     try:
         conversion = convert(args.format, args.inputs, args.strict)
@@ -159,9 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     for error in conversion.skipped[:_SKIPPED_SHOWN]:
         print(f"skipped {error}", file=sys.stderr)
     train, test = split_train_test(conversion.examples, args.test_fraction, args.seed)
-    epath.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    write_tsv(f"{args.output_dir}/train.tsv", train)
-    write_tsv(f"{args.output_dir}/test.tsv", test)
+    write_outputs(args.output_dir, {"train": train, "test": test})
     read_count = len(conversion.examples) + len(conversion.skipped)
     print(
         f"read {read_count}, skipped {len(conversion.skipped)}, "

@@ -152,3 +152,53 @@ def test_main_writes_tsv_that_reads_back_equal(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "read 11, skipped 1, train 7, test 3" in captured.out
     assert f"{path}:4" in captured.err
+
+
+def previous_output(tmp_path) -> tuple[list[str], object]:
+    """An output directory holding an earlier conversion of 20 records."""
+    output_dir = tmp_path / "out"
+    path = write_dacon(tmp_path, [dacon_record(i) for i in range(20)], name="old.jsonl")
+    main(["--format", "dacon", path, "--output-dir", str(output_dir)])
+    return [write_dacon(tmp_path, [dacon_record(i) for i in range(100, 110)])], output_dir
+
+
+def snapshot(directory) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_main_refuses_to_replace_earlier_output_without_overwrite(tmp_path, capsys):
+    inputs, output_dir = previous_output(tmp_path)
+    before = snapshot(output_dir)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        main(["--format", "dacon", *inputs, "--output-dir", str(output_dir)])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"{output_dir / 'train.tsv'} exists" in error and "--overwrite" in error
+    assert snapshot(output_dir) == before
+
+
+def test_overwrite_replaces_the_earlier_output(tmp_path):
+    inputs, output_dir = previous_output(tmp_path)
+    main(["--format", "dacon", *inputs, "--output-dir", str(output_dir), "--overwrite"])
+    assert sorted(path.name for path in output_dir.iterdir()) == ["test.tsv", "train.tsv"]
+    examples = read_examples(str(output_dir / "train.tsv")) + read_examples(
+        str(output_dir / "test.tsv")
+    )
+    assert sorted(e.summary for e in examples) == [f"{i}번 요약" for i in range(100, 110)]
+
+
+def test_a_failed_write_leaves_the_earlier_output_whole(tmp_path, monkeypatch):
+    inputs, output_dir = previous_output(tmp_path)
+    before = snapshot(output_dir)
+
+    def write_half_then_fail(path, examples):
+        with open(path, "w", encoding="utf-8") as file:
+            file.write("news\tsummary\n반쯤")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("scripts.convert_dataset.write_tsv", write_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        main(["--format", "dacon", *inputs, "--output-dir", str(output_dir), "--overwrite"])
+    assert snapshot(output_dir) == before

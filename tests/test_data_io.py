@@ -95,8 +95,17 @@ def test_unescaped_newline_inside_a_field_is_caught(tmp_path):
     assert "unescaped newline" in message
 
 
-def test_unbalanced_quote_names_the_lines_it_swallowed(tmp_path):
+def test_unclosed_quote_is_an_error_at_its_line(tmp_path):
+    # The csv module read on to the next line here (or to any later quote), merging rows.
     path = write(tmp_path, "a.tsv", HEADER + '"열린 따옴표\t요약\n기사\t요약\n'.encode())
+    assert read_error(path) == (
+        f"{path}:2: column 1 opens a '\"' that never closes; quote the whole field "
+        '("..." with inner quotes doubled) or remove the stray quote'
+    )
+
+
+def test_quoted_field_spanning_lines_into_too_few_columns_names_the_lines(tmp_path):
+    path = write(tmp_path, "a.tsv", HEADER + '"첫 줄\n둘째 줄"\n기사\t요약\n'.encode())
     message = read_error(path)
     assert message.startswith(f"{path}:2: expected 2 columns (news, summary), got 1")
     assert "spans lines 2-3" in message
@@ -172,7 +181,7 @@ def test_skip_policy_still_fails_when_nothing_is_left(tmp_path):
         read_examples(path, bad_rows="skip")
 
 
-def test_unknown_policy_and_suffix_are_value_errors(tmp_path):
+def test_unknown_policy_and_suffix_are_value_errors(tmp_path):  # DataError is a ValueError
     path = write(tmp_path, "a.tsv", HEADER + "기사\t요약\n".encode())
     with pytest.raises(ValueError, match="bad_rows"):
         read_examples(path, bad_rows="ignore")
@@ -257,3 +266,13 @@ def test_blank_line_in_article_file_is_reported(tmp_path):
     txt.write_text("첫 기사입니다.\n\n셋째 기사입니다.\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"articles\.txt:2: empty 'news'"):
         read_examples(str(txt), require_summary=False)
+
+
+def test_write_tsv_quotes_a_lone_carriage_return(tmp_path):
+    # csv.writer leaves "a\rb" unquoted, and every reader ends a line at the "\r".
+    examples = [Example("앞\r뒤", "요약", "x:1"), Example("기사", "요약\r끝", "x:2")]
+    path = str(tmp_path / "out.tsv")
+    write_tsv(path, examples)
+    assert [(e.news, e.summary) for e in read_examples(path)] == [
+        (e.news, e.summary) for e in examples
+    ]
