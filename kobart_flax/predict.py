@@ -140,10 +140,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if not scored:
         return {}
     references = [examples[i].summary for i in scored]
+    names = [examples[i].origin for i in scored]
     results = {
-        "model": rouge([predictions[i] for i in scored], references, args.tokenization),
+        "model": rouge([predictions[i] for i in scored], references, args.tokenization, names),
         "lead_sentence": rouge(
-            [lead_sentence(examples[i].news) for i in scored], references, args.tokenization
+            [lead_sentence(examples[i].news) for i in scored], references, args.tokenization, names
         ),
     }
     print(f"{len(scored)} articles with references, {args.tokenization} tokens:")

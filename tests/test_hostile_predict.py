@@ -1,5 +1,6 @@
-"""Flags past what the model can read: a clear error, not silently empty summaries."""
+"""predict, the demo and the Summarizer on hostile flags and input: one clear line, no loss."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -7,10 +8,12 @@ import pytest
 from tiny_models import save_tiny_model
 
 import predict
-from kobart_flax import FlaxBartForConditionalGeneration, demo
+from kobart_flax import FlaxBartForConditionalGeneration, demo, metrics
+from kobart_flax.data_io import read_examples
 from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
 
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 # tiny_kobart_config has KoBART's 1026 positions, two of them BART's offset.
 SOURCE_LIMIT = 1024
 
@@ -18,6 +21,10 @@ SOURCE_LIMIT = 1024
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+def articles(count: int) -> list[str]:
+    return [example.news for example in read_examples(str(SAMPLE / "test.tsv"))[:count]]
 
 
 def error_lines(caplog) -> list[str]:
@@ -91,3 +98,61 @@ def test_a_hub_name_out_of_reach_is_one_line_naming_the_offline_switch(caplog, m
     assert "HF_HUB_OFFLINE" in message and "\n" not in message, message
     with pytest.raises(demo.ModelUnavailable, match="HF_HUB_OFFLINE"):
         demo.load_model("tpyo/kobart-base")
+
+
+class LimitedMecab:
+    """Mecab as it behaves on a multi-megabyte text (MeCabError), at a length a test can afford."""
+
+    def __init__(self, real, limit: int):
+        self.real, self.limit = real, limit
+
+    def morphs(self, text: str) -> list[str]:
+        import mecab
+
+        if len(text) > self.limit:
+            raise mecab.MeCabError("")
+        return self.real.morphs(text)
+
+
+@pytest.fixture
+def limited_mecab(monkeypatch) -> LimitedMecab:
+    tokenizer = metrics.make_tokenizer("mecab")
+    limited = LimitedMecab(tokenizer._mecab, limit=200)
+    monkeypatch.setattr(tokenizer, "_mecab", limited)
+    monkeypatch.setattr(metrics, "MECAB_MAX_CHARS", 200)
+    return limited
+
+
+def test_a_text_too_long_for_one_mecab_call_is_scored_in_parts(limited_mecab):
+    text = " ".join(articles(20))
+    whole = limited_mecab.real.morphs(metrics.clean(text))
+    assert len(text) > 10 * limited_mecab.limit
+    assert metrics.make_tokenizer("mecab").tokenize(text) == whole
+    scores = metrics.rouge([text], [text])
+    assert scores["rouge1_f"] == pytest.approx(1.0) and scores["rougeL_f"] == pytest.approx(1.0)
+
+
+def test_predict_scores_a_huge_jsonl_line_or_names_it_in_one_line(
+    model_dir, tmp_path, capsys, caplog, limited_mecab
+):
+    long_text = " ".join(articles(20))
+    source = tmp_path / "news.jsonl"
+    rows = [
+        {"news": "짧은 기사입니다.", "summary": "짧은 요약"},
+        {"news": long_text, "summary": long_text},
+    ]
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    output = tmp_path / "predictions.tsv"
+    argv = ["--model", str(model_dir), "--input", str(source), "--output", str(output)]
+    argv += ["--num-beams", "1", "--max-length", "8", "--max-source-length", "64"]
+    assert predict.main(argv) == 0
+    assert "2 articles with references" in capsys.readouterr().out
+
+    # Should Mecab fail on a part all the same: one line naming the row, after the predictions.
+    limited_mecab.limit = 1
+    output.unlink()
+    with caplog.at_level(logging.ERROR):
+        assert predict.main(argv) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"{source}:1: ROUGE: Mecab cannot tokenize"), message
+    assert "\n" not in message and output.exists()
