@@ -315,8 +315,7 @@ KILLED_SAVE = textwrap.dedent(
     """
     import os, signal, sys
     import jax, jax.numpy as jnp, optax
-    import train_flax
-from kobart_flax import checkpoint, steps
+    from kobart_flax import checkpoint, steps
     from kobart_flax.config import TrainConfig
 
     def state(step):
