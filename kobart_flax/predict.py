@@ -23,15 +23,36 @@ import jax.numpy as jnp
 from etils import epath
 from tqdm import tqdm
 
+from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics import TOKENIZATIONS, rouge
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
-from kobart_flax.summarize import Summarizer
+from kobart_flax.summarize import (
+    Summarizer,
+    check_max_length,
+    check_max_source_length,
+    default_max_source_length,
+)
 from kobart_flax.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+GENERATION_FLAGS = (
+    "num_beams",
+    "max_length",
+    "min_length",
+    "length_penalty",
+    "no_repeat_ngram_size",
+)
+# A model without generation_config.json (a training run's final_model/) decodes as training's
+# ROUGE evaluation does by default, not with transformers' greedy 20 tokens, which cut
+# summaries short; its other defaults (min_length 0, ...) are transformers' too. A model that
+# has the file gets what it says, as in transformers.
+FALLBACK_DECODING = {
+    "num_beams": DecodingConfig.num_beams,
+    "max_length": DecodingConfig.max_length,
+}
 
 
 def lead_sentence(text: str) -> str:
@@ -57,13 +78,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--summary-column", default="summary", help="reference column of a datasets input"
     )
     parser.add_argument("--output", help="TSV to write (default: print summaries only)")
-    parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=128, help="summary tokens + 1")
-    parser.add_argument("--min-length", type=int, default=0)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    model_default = "default: the model's generation_config.json"
+    parser.add_argument(
+        "--num-beams", type=int, help=f"{model_default}, else {FALLBACK_DECODING['num_beams']}"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help=f"summary tokens + 1 ({model_default}, else {FALLBACK_DECODING['max_length']})",
+    )
+    parser.add_argument("--min-length", type=int, help=f"{model_default}, else 0")
+    parser.add_argument("--length-penalty", type=float, help=f"{model_default}, else 1.0")
+    parser.add_argument("--no-repeat-ngram-size", type=int, help=f"{model_default}, else 0")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-source-length", type=int, default=512)
+    parser.add_argument(
+        "--max-source-length",
+        type=int,
+        help="article tokens read, <s> and </s> included; longer ones are truncated (default: "
+        "the tokenizer's model_max_length if the model has that many positions, as an export's "
+        "1024, else all the model's positions, 1024 for KoBART)",
+    )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--tokenization", choices=TOKENIZATIONS, default="mecab")
     parser.add_argument("--bad-rows", choices=("error", "skip"), default="error")
@@ -109,24 +143,42 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     examples = read_input(args)
     model = FlaxBartForConditionalGeneration.from_pretrained(args.model, jnp.dtype(args.dtype))
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    settings = model.generation_settings(
-        max_length=args.max_length,
-        min_length=args.min_length,
-        num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-    )
+    requested = {name: getattr(args, name) for name in GENERATION_FLAGS}
+    # transformers marks a generation config made from config.json, not read from its own file.
+    if getattr(model.generation_config, "_from_model_config", False):
+        for name, fallback in FALLBACK_DECODING.items():
+            if requested[name] is None:
+                requested[name] = fallback
+    settings = model.generation_settings(**requested)
+    max_source_length = args.max_source_length
+    if max_source_length is None:
+        max_source_length = default_max_source_length(tokenizer, model.module)
+    chosen = ", ".join(f"{name} {getattr(settings, name)}" for name in GENERATION_FLAGS)
+    logger.info("generation: %s; max_source_length %d", chosen, max_source_length)
+    check_max_source_length(max_source_length, model.module, "--max-source-length")
+    check_max_length(settings.max_length, model.module, "--max-length")
     summarizer = Summarizer(
         model.module,
         tokenizer,
         settings,
         batch_size=args.batch_size,
-        max_source_length=args.max_source_length,
+        max_source_length=max_source_length,
     )
+    texts = [example.news for example in examples]
+    truncated = summarizer.count_truncated(texts)
+    if truncated:
+        logger.warning(
+            "%d of %d articles are longer than --max-source-length %d tokens (<s> and </s> "
+            "included) and were truncated: their summaries read only the first %d",
+            truncated,
+            len(texts),
+            max_source_length,
+            max_source_length - 2,
+        )
     with tqdm(total=len(examples), desc="summarizing", unit="article") as bar:
         predictions = summarizer.summarize(
             model.params,
-            [example.news for example in examples],
+            texts,
             progress=lambda done, _: bar.update(done - bar.n),
         )
     if args.output:

@@ -36,13 +36,44 @@ def check_max_source_length(
     Past it, the position lookups of the longest bucket fall off the table: NaN logits and an
     empty summary for every text of the batch, short ones included, with no error.
     """
-    limit = module.spec.max_position_embeddings - POSITION_OFFSET
+    limit = position_limit(module)
     if not MIN_SOURCE_LENGTH <= max_source_length <= limit:
         raise ValueError(
             f"{name}={max_source_length}: must be {MIN_SOURCE_LENGTH} to {limit}, "
             f"the source positions of the model (max_position_embeddings="
             f"{module.spec.max_position_embeddings} minus BART's offset {POSITION_OFFSET})"
         )
+
+
+def position_limit(module: BartForConditionalGenerationModule) -> int:
+    """The most tokens the model reads on either side: its position table less BART's offset."""
+    return module.spec.max_position_embeddings - POSITION_OFFSET
+
+
+def check_max_length(
+    max_length: int, module: BartForConditionalGenerationModule, name: str = "max_length"
+) -> None:
+    """ValueError if summaries of ``max_length`` decoder tokens (the start token included)
+    would run past the decoder's positions: as on the source side, NaN logits, no error."""
+    limit = position_limit(module)
+    if max_length > limit:
+        raise ValueError(
+            f"{name}={max_length}: must be at most {limit}, the decoder positions of the model "
+            f"(max_position_embeddings={module.spec.max_position_embeddings} minus BART's "
+            f"offset {POSITION_OFFSET})"
+        )
+
+
+def default_max_source_length(tokenizer, module: BartForConditionalGenerationModule) -> int:
+    """The tokenizer's ``model_max_length`` where it is a real limit within the model's
+    positions (an export's says 1024, where its tokenizer truncates), else the positions.
+
+    A training run's ``final_model/`` and KoBART's hub tokenizer carry no limit (transformers
+    then reports 1e30): the model reads all it can, as in transformers with truncation.
+    """
+    limit = position_limit(module)
+    given = getattr(tokenizer, "model_max_length", None)
+    return given if isinstance(given, int) and MIN_SOURCE_LENGTH <= given <= limit else limit
 
 
 class Summarizer:
@@ -59,6 +90,7 @@ class Summarizer:
         source_buckets: Sequence[int] = DEFAULT_SOURCE_BUCKETS,
     ):
         check_max_source_length(max_source_length, module)
+        check_max_length(settings.max_length, module)
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size
@@ -77,8 +109,13 @@ class Summarizer:
         return [[bos, *ids[: self.max_source_length - 2], eos] for ids in tokens]
 
     def is_truncated(self, text: str) -> bool:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return len(ids) > self.max_source_length - 2
+        return self.count_truncated([text]) == 1
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` are cut to ``max_source_length`` (``<s>`` and ``</s>``
+        included) by :meth:`encode`."""
+        tokens = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return sum(len(ids) > self.max_source_length - 2 for ids in tokens)
 
     def summarize(
         self,

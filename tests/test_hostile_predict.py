@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,15 @@ def test_predict_with_a_too_long_source_length_is_one_line_and_writes_nothing(
     with caplog.at_level(logging.ERROR):
         assert predict.main([*argv, "--max-source-length", "1100"]) == 2
     (message,) = error_lines(caplog)
-    assert "max_source_length=1100" in message and str(SOURCE_LIMIT) in message, message
+    assert "--max-source-length=1100" in message and str(SOURCE_LIMIT) in message, message
     assert "\n" not in message
+    assert not output.exists()
+    # The decoder's positions bound the summary the same way.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert predict.main([*argv, "--max-length", "1025"]) == 2
+    (message,) = error_lines(caplog)
+    assert "--max-length=1025" in message and str(SOURCE_LIMIT) in message, message
     assert not output.exists()
 
 
@@ -156,3 +164,68 @@ def test_predict_scores_a_huge_jsonl_line_or_names_it_in_one_line(
     (message,) = error_lines(caplog)
     assert message.startswith(f"{source}:1: ROUGE: Mecab cannot tokenize"), message
     assert "\n" not in message and output.exists()
+
+
+def test_predict_says_how_many_articles_it_truncated_and_where(model_dir, tmp_path, caplog):
+    texts = articles(6)
+    tokenizer = load_tokenizer(str(model_dir))
+    longer = sum(len(tokenizer(text)["input_ids"]) > 62 for text in texts)
+    assert 0 < longer < len(texts)
+    (tmp_path / "articles.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    argv = ["--model", str(model_dir), "--input", str(tmp_path / "articles.txt")]
+    with caplog.at_level(logging.WARNING):
+        assert predict.main([*argv, "--max-length", "6", "--max-source-length", "64"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{longer} of 6 articles are longer than --max-source-length 64 tokens" in "".join(
+        warnings
+    )
+
+
+def generation_line(caplog) -> str:
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation:")]
+    return line
+
+
+def test_predict_defaults_to_the_models_generation_config_and_source_limit(
+    model_dir, tmp_path, caplog, capsys
+):
+    """An export's generation_config.json and tokenizer limit are what predict uses unless a
+    flag says otherwise; a model without them decodes as training's evaluation does."""
+    from transformers import GenerationConfig
+
+    exported = tmp_path / "exported"
+    shutil.copytree(model_dir, exported)
+    GenerationConfig(
+        num_beams=1, max_length=6, no_repeat_ngram_size=2, eos_token_id=1, pad_token_id=3
+    ).save_pretrained(exported)
+    tokenizer = load_tokenizer(str(exported))
+    tokenizer.model_max_length = 100
+    tokenizer.save_pretrained(exported)
+    text = " ".join(articles(4))
+    with caplog.at_level(logging.INFO):
+        assert predict.main(["--model", str(exported), "--text", text]) == 0
+    assert generation_line(caplog) == (
+        "generation: num_beams 1, max_length 6, min_length 0, length_penalty 1.0, "
+        "no_repeat_ngram_size 2; max_source_length 100"
+    )
+    model = FlaxBartForConditionalGeneration.from_pretrained(exported)
+    summarizer = Summarizer(
+        model.module, tokenizer, model.generation_settings(), max_source_length=100
+    )
+    assert capsys.readouterr().out == summarizer.summarize(model.params, [text])[0] + "\n"
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        argv = ["--model", str(exported), "--text", text, "--num-beams", "2"]
+        assert predict.main([*argv, "--max-source-length", "64"]) == 0
+    assert generation_line(caplog).startswith("generation: num_beams 2, max_length 6, ")
+    assert generation_line(caplog).endswith("; max_source_length 64")
+
+    # No generation_config.json, a tokenizer without a limit: beam 4, 128, all positions.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert predict.main(["--model", str(model_dir), "--text", "짧은 기사입니다."]) == 0
+    assert generation_line(caplog) == (
+        "generation: num_beams 4, max_length 128, min_length 0, length_penalty 1.0, "
+        f"no_repeat_ngram_size 0; max_source_length {SOURCE_LIMIT}"
+    )
