@@ -30,7 +30,7 @@ from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import Example, read_csv_articles, read_examples
 from kobart_flax.predict import write_predictions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
-from kobart_flax.summarize import Summarizer, check_max_source_length
+from kobart_flax.summarize import Summarizer, check_max_source_length, position_limit
 from kobart_flax.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -384,11 +384,18 @@ def build_demo(service: SummaryService) -> gr.Blocks:
             download = gr.File(label="Predictions (TSV)", interactive=False, elem_id="download")
         with gr.Accordion("Generation settings", open=True):
             defaults = GenerationControls()
+            # The start token and the summary must fit the decoder's positions: past them every
+            # summary comes back empty.
+            longest_summary = min(512, position_limit(service.loaded.model.module) - 1)
             with gr.Row():
                 controls = [
                     gr.Slider(1, 8, defaults.num_beams, step=1, label="Beams (num_beams)"),
                     gr.Slider(
-                        8, 512, defaults.max_new_tokens, step=1, label="Max summary length (tokens)"
+                        8,
+                        longest_summary,
+                        min(defaults.max_new_tokens, longest_summary),
+                        step=1,
+                        label="Max summary length (tokens)",
                     ),
                     gr.Slider(0.0, 3.0, defaults.length_penalty, step=0.1, label="Length penalty"),
                     gr.Slider(

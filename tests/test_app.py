@@ -17,11 +17,13 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from tiny_models import save_tiny_model
 
+from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.data_io import DataError, read_examples
 from kobart_flax.demo import (
     QUICKSTART_MODEL,
     SUMMARIZER_CACHE_SIZE,
     GenerationControls,
+    LoadedModel,
     ModelUnavailable,
     SummaryService,
     build_demo,
@@ -262,3 +264,19 @@ def test_api_summarizes_a_file_for_download(client, tmp_path):
     assert Path(output).name == "articles.predictions.tsv"
     predictions = [row["prediction"] for row in read_rows(output)]
     assert [row[1] for row in preview["data"]] == predictions
+
+
+def test_the_summary_length_slider_stops_at_the_models_positions(service):
+    from transformers import BartConfig
+
+    config = BartConfig.from_dict(service.loaded.model.config.to_dict())
+    config.max_position_embeddings = 66  # 64 usable: the start token and 63 summary tokens
+    model = FlaxBartForConditionalGeneration(config)
+    loaded = LoadedModel(model, service.loaded.tokenizer, "short-positions")
+    page = build_demo(SummaryService(loaded, max_source_length=64))
+    (slider,) = [
+        block
+        for block in page.blocks.values()
+        if isinstance(block, gr.Slider) and block.label == "Max summary length (tokens)"
+    ]
+    assert (slider.maximum, slider.value) == (63, 63)
