@@ -25,6 +25,7 @@ from kobart_flax.data_io import DataError, Example
 HUB_PREFIX = "hf://datasets/"
 FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 DEFAULT_SPLIT = "train"
+OWN_FORMATS = (".tsv", ".jsonl", ".txt")  # data_io reads these itself
 # save_to_disk writes one of these at the top of the directory.
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 
@@ -44,6 +45,8 @@ def is_dataset_source(source: str) -> bool:
     """Whether ``source`` is for this module (the TSV/JSONL reader takes the rest)."""
     if source.startswith(HUB_PREFIX):
         return True
+    if source.lower().endswith(OWN_FORMATS):
+        return False  # no existence checks (requests on gs://) for data_io's own files
     path = _split_suffix(source)[0]
     if epath.Path(path).suffix.lower() in FILE_BUILDERS:
         return True

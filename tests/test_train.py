@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from tiny_models import write_slice
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
@@ -14,11 +15,6 @@ from kobart_flax.config import ConfigError, apply_overrides, load_config
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
-
-
-def write_slice(source: Path, target: Path, rows: int) -> None:
-    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
-    target.write_text("".join(lines[: rows + 1]), encoding="utf-8")
 
 
 @pytest.fixture
