@@ -57,8 +57,8 @@ V4_32 = v4_devices(2, 2, 4)
 
 
 def readme_meshes() -> dict[str, dict[str, int]]:
-    """The modes of the README's sharding table (their ``mesh.`` overrides), on 16 devices."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    """The modes of docs/pods.md's sharding table (their ``mesh.`` overrides), on 16 devices."""
+    readme = (REPO / "docs" / "pods.md").read_text(encoding="utf-8")
     overrides = re.findall(r"^\|[^|\n]*\| (?:e\.g\. )?`(mesh\.[^`]*)` \|", readme, re.MULTILINE)
     base = load_config("configs/kobart_base.py")
     return {
