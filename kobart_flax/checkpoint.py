@@ -494,7 +494,6 @@ class TrainCheckpointer:
             enable_async_checkpointing=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        self._save_seconds: list[float] = []
         self._writing_step: int | None = None  # of the newest save started
 
     # -- saving
@@ -540,7 +539,6 @@ class TrainCheckpointer:
             )
         self._writing_step = step
         seconds = time.perf_counter() - started
-        self._save_seconds.append(seconds)
         logger.info("checkpoint step %d: writing in the background (blocked %.2fs)", step, seconds)
 
     def save_tokenizer(self, tokenizer) -> None:
@@ -577,11 +575,6 @@ class TrainCheckpointer:
                 f"{'none' if newest is None else f'step {newest}'}; free space or fix the "
                 "storage, then rerun to resume)"
             ) from error
-
-    @property
-    def save_seconds(self) -> list[float]:
-        """Blocking time of each save of this run (device-to-host copy, not the writing)."""
-        return list(self._save_seconds)
 
     # -- reading
 

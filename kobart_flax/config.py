@@ -18,15 +18,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# KoBART's learned position table is offset by 2 (a fairseq legacy), so a table of
-# max_position_embeddings rows holds max_position_embeddings - 2 usable positions.
-POSITION_OFFSET = 2
+from kobart_flax.data_io import BAD_ROW_POLICIES
+from kobart_flax.korean_rouge import TOKENIZATIONS as ROUGE_TOKENIZATIONS
+from kobart_flax.positions import POSITION_OFFSET, usable_positions
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
-BAD_ROW_POLICIES = ("error", "skip")
 BEST_MODES = ("min", "max")
 # The device mesh's axes, outermost first; MeshConfig has a size for each.
 MESH_AXES = ("data", "fsdp", "tensor")
-ROUGE_TOKENIZATIONS = ("mecab", "whitespace", "character")  # see kobart_flax.metrics
 SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")  # the names model.special_tokens takes
 
 
@@ -437,7 +436,7 @@ def parse_special_tokens(text: str) -> dict[str, str]:
 def check_positions(data: DataConfig, max_position_embeddings: int, model_name: str) -> None:
     """One-line ConfigError when data lengths or buckets exceed the positions of a model
     whose size is known only at run time (``model.pretrained``, a checkpoint)."""
-    usable = max_position_embeddings - POSITION_OFFSET
+    usable = usable_positions(max_position_embeddings)
     too_long = [
         f"{name}={value}"
         for name, value in (
@@ -592,7 +591,7 @@ def validate(config: Config, device_count: int | None = None, process_count: int
     _check_types(config, problems)
     # The range checks below would crash or mislead on values of the wrong type.
     _raise_if_any(problems)
-    max_positions = config.model.max_position_embeddings - POSITION_OFFSET
+    max_positions = usable_positions(config.model.max_position_embeddings)
     _check_model(config.model, problems)
     _check_data(config.data, max_positions, problems)
     batch_shards = _check_mesh(config.mesh, config.model, device_count, problems)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
-from kobart_flax.metrics import TOKENIZATIONS, rouge
+from kobart_flax.korean_rouge import TOKENIZATIONS, rouge
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import (
     Summarizer,

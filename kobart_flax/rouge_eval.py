@@ -11,7 +11,7 @@ import numpy as np
 from kobart_flax import distributed
 from kobart_flax.config import Config
 from kobart_flax.data_io import Example
-from kobart_flax.metrics import rouge_totals
+from kobart_flax.korean_rouge import rouge_totals
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 from kobart_flax.summarize import Summarizer
 
