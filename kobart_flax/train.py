@@ -428,7 +428,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
     # The watcher outlives the checkpointer, whose close waits for the last async save: a
     # SIGTERM from startup until the final write is on disk only asks for a clean stop.
     with (
-        checkpoint.PreemptionWatcher() as preemption,
+        distributed.PreemptionWatcher() as preemption,
         checkpoint.TrainCheckpointer(
             checkpoint.checkpoint_dir(train_config.workdir), train_config
         ) as checkpointer,
@@ -485,7 +485,7 @@ def _train_loop(
     config: Config,
     start: _Start,
     checkpointer: checkpoint.TrainCheckpointer,
-    preemption: checkpoint.PreemptionWatcher,
+    preemption: distributed.PreemptionWatcher,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: jax.sharding.Mesh,
