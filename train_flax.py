@@ -16,9 +16,10 @@ import sys
 import jax
 
 from kobart_flax import checkpoint, distributed
-from kobart_flax.config import ConfigError, parse_args
+from kobart_flax.config import ConfigError
 from kobart_flax.data_io import DataError
 from kobart_flax.log_setup import LOG_FORMAT, setup_logging
+from kobart_flax.overrides import parse_args
 from kobart_flax.train import TrainingDiverged, train_and_evaluate
 
 # The run saved and stopped on a preemption notice (SIGTERM): not finished, rerun the same

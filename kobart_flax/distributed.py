@@ -39,8 +39,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from kobart_flax.config import ConfigError
-
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "KOBART_COORDINATOR"
@@ -366,26 +364,6 @@ def _exit_now(message: str) -> None:
     # os._exit, not sys.exit: the main thread may be inside an XLA collective or JAX's
     # shutdown barrier, C++ calls that no exception or signal handler can interrupt.
     os._exit(PEER_LOST_EXIT_CODE)
-
-
-def check_topology(expected_processes: int, expected_devices: int) -> None:
-    """Stops a run started on another topology than its config was written for (0: any).
-
-    A config tuned for a v4-32 (batch, mesh, memory) would otherwise run on whatever it
-    found, or fail much later in a collective or out of memory.
-    """
-    processes, devices = jax.process_count(), jax.device_count()
-    wrong = []
-    if expected_processes and processes != expected_processes:
-        wrong.append(f"{expected_processes} processes (this run has {processes})")
-    if expected_devices and devices != expected_devices:
-        wrong.append(f"{expected_devices} devices (this run has {devices})")
-    if wrong:
-        raise ConfigError(
-            f"the config expects {' and '.join(wrong)}, on {jax.devices()[0].platform}: "
-            "start it on the topology it was written for, or override "
-            "mesh.expected_processes / mesh.expected_devices (0 = don't check)"
-        )
 
 
 class PreemptionWatcher:

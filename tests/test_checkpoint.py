@@ -25,14 +25,8 @@ from tiny_models import write_slice
 
 import train_flax
 from kobart_flax import checkpoint, distributed, steps
-from kobart_flax.config import (
-    Config,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    config_to_dict,
-    load_config,
-)
+from kobart_flax.config import Config, ConfigError, TrainConfig, config_to_dict
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent

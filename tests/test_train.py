@@ -11,7 +11,8 @@ from tiny_models import write_slice
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint, distributed
-from kobart_flax.config import ConfigError, apply_overrides, load_config
+from kobart_flax.config import ConfigError
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
