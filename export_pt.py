@@ -14,6 +14,7 @@ import sys
 
 from kobart_flax.checkpoint import CheckpointError
 from kobart_flax.export import DEFAULT_LICENSE, EXPORT_DTYPES, ExportError, export
+from kobart_flax.log_setup import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset", action="append", default=[], help="hub dataset id trained on (repeatable)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     try:
         export(
             args.checkpoint,

@@ -16,15 +16,16 @@ import sys
 import jax
 
 from kobart_flax import checkpoint, distributed
-from kobart_flax.config import ConfigError, parse_args
+from kobart_flax.config import ConfigError
 from kobart_flax.data_io import DataError
+from kobart_flax.log_setup import LOG_FORMAT, setup_logging
+from kobart_flax.overrides import parse_args
 from kobart_flax.train import TrainingDiverged, train_and_evaluate
 
 # The run saved and stopped on a preemption notice (SIGTERM): not finished, rerun the same
 # command to resume. EX_TEMPFAIL from sysexits.h; scripts/tpu_pod.py run --until-done reruns
 # on it even while the VM still reads READY.
 EXIT_PREEMPTED = 75
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 
 
@@ -49,7 +50,7 @@ def log_per_process() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+    setup_logging(LOG_DATE_FORMAT)
     cluster_args, config_args = split_cluster_args(argv)
     config = parse_args(config_args)
     try:

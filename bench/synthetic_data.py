@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.model_shapes import BOS, DECODER_START, EOS, PAD, VOCAB_SIZE
 from kobart_flax import batching
-from kobart_flax.config import load_config
+from kobart_flax.overrides import load_config
 from kobart_flax.tokenization import EncodedExample
 
 MAX_SOURCE_LENGTH = 512  # the original project's max_len; <s> and </s> included

@@ -23,15 +23,8 @@ def get_config() -> Config:
     model = ModelConfig(
         pretrained="gogamza/kobart-base-v1",
         tokenizer="gogamza/kobart-base-v1",
-        # The fields below describe KoBART for readers and for validation; with `pretrained`
-        # set the checkpoint's own config.json decides the architecture.
-        vocab_size=30000,
-        d_model=768,
-        encoder_layers=6,
-        decoder_layers=6,
-        attention_heads=16,
-        ffn_dim=3072,
-        max_position_embeddings=1026,  # 1024 usable positions + offset 2
+        # The architecture (30,000 tokens, 768 wide, 6+6 layers, 16 heads, FFN 3072, 1024
+        # positions) is the checkpoint's config.json: validation reads it from there.
         dropout=0.1,  # as in the original recipe and KoBART's config
         attention_dropout=0.0,
         dtype="bfloat16",  # TPU-native compute; params and optimizer state stay float32

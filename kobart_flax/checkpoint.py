@@ -1,4 +1,4 @@
-"""Orbax checkpoints: save, resume, best-k, preemption, and restoring onto any mesh.
+"""Orbax checkpoints: save, resume, best-k, and restoring onto any mesh.
 
 A *checkpoint directory* is ``<workdir>/checkpoints``. It describes itself: export and the
 demo need nothing else.
@@ -42,9 +42,7 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -81,38 +79,7 @@ def _import_orbax():
             root.removeHandler(placeholder)
 
 
-# Orbax warnings that are expected here: a save without an evaluation (only evaluated steps
-# carry metrics; the others are kept as one of the newest K), and every read-only manager.
-_EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "Given directory is read only")
-
-
-# What Orbax logs, with a traceback each, from every thread a failed background save runs
-# (hundreds of lines for one full disk). TrainCheckpointer raises that failure in the training
-# loop at the next step, as one SaveError naming the step and the cause, so these only bury it.
-_BACKGROUND_SAVE_FAILURES = (
-    "_SignalingThread.run() raised an exception",
-    "Handler Commit operations or the Commit callback in background save thread",
-    "Save Finalize thread",
-    "Checkpointer failed: one or more items may not be finalized",
-)
-
-
-class _QuietOrbax(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            return not any(failure in message for failure in _BACKGROUND_SAVE_FAILURES)
-        return not any(expected in message for expected in _EXPECTED_ORBAX_WARNINGS)
-
-
 ocp = _import_orbax()
-_absl_logger = logging.getLogger("absl")
-# Orbax logs some 60 INFO lines per save and restore through absl; raise the level to
-# WARNING unless someone set it (logging.getLogger("absl").setLevel(logging.INFO) brings
-# them back).
-if _absl_logger.level == logging.NOTSET:
-    _absl_logger.setLevel(logging.WARNING)
-_absl_logger.addFilter(_QuietOrbax())
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"  # under train.workdir
@@ -494,7 +461,6 @@ class TrainCheckpointer:
             enable_async_checkpointing=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        self._save_seconds: list[float] = []
         self._writing_step: int | None = None  # of the newest save started
 
     # -- saving
@@ -540,7 +506,6 @@ class TrainCheckpointer:
             )
         self._writing_step = step
         seconds = time.perf_counter() - started
-        self._save_seconds.append(seconds)
         logger.info("checkpoint step %d: writing in the background (blocked %.2fs)", step, seconds)
 
     def save_tokenizer(self, tokenizer) -> None:
@@ -577,11 +542,6 @@ class TrainCheckpointer:
                 f"{'none' if newest is None else f'step {newest}'}; free space or fix the "
                 "storage, then rerun to resume)"
             ) from error
-
-    @property
-    def save_seconds(self) -> list[float]:
-        """Blocking time of each save of this run (device-to-host copy, not the writing)."""
-        return list(self._save_seconds)
 
     # -- reading
 
@@ -917,62 +877,3 @@ def _process_alive(pid: Any) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
-
-
-# ---------------------------------------------------------------------------------------
-# Preemption
-
-
-class PreemptionWatcher:
-    """Says after which step to save and stop, once a preemption notice (SIGTERM) came.
-
-    Call ``reached(step)`` after every step, on every host; a context manager.
-
-    On a pod (``jax.process_count() > 1``) JAX's preemption service, started by
-    ``jax.distributed.initialize``, owns SIGTERM: when any host gets one, the hosts agree
-    on a step (the highest any has reached, plus one), and
-    ``multihost_utils.reached_preemption_sync_point(step)`` is True on every host at that
-    same step, so all of them enter the collective save together. That service only exists
-    with a distributed runtime: in a single process (CPU, tests, a one-host TPU VM without
-    ``jax.distributed``) the sync point is always False and nothing listens for SIGTERM, so
-    here a Python handler sets a flag and the loop saves after the step in progress (with one
-    process, "the same step on every host" holds trivially). Handlers are main-thread only:
-    elsewhere a single process gets no preemption handling, with a warning.
-    """
-
-    def __init__(self):
-        self._use_jax_service = jax.process_count() > 1
-        self._notice = threading.Event()
-        self._previous_handler: Any = None
-        self._installed = False
-
-    def __enter__(self) -> PreemptionWatcher:
-        if self._use_jax_service:
-            if not jax.config.jax_enable_preemption_service:
-                logger.warning(
-                    "jax_enable_preemption_service is off: a preempted pod will not checkpoint"
-                )
-        elif threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
-        else:
-            logger.warning("training outside the main thread: SIGTERM will not checkpoint")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._installed = False
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if not self._notice.is_set():
-            logger.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
-        self._notice.set()
-
-    def reached(self, step: int) -> bool:
-        if self._use_jax_service:
-            try:
-                return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # the service is disabled
-                return False
-        return self._notice.is_set()

@@ -1,33 +1,41 @@
-"""Run configuration: typed defaults, command-line overrides, validation.
+"""Run configuration: the typed sections, each checking its own fields, and `validate`.
 
 A config is a Python file with a `get_config()` that returns a `Config` (the big_vision
-convention), so a config can compute values (`16 * 32`) and carry comments. Any field can
-then be overridden on the command line as `section.field=value`.
+convention); :mod:`kobart_flax.overrides` loads one and applies `section.field=value`
+overrides from the command line.
 
 This module must not import jax: `validate` runs before any device is touched, and the
 tests for it should not pay for a jax import.
 """
 
-import argparse
 import dataclasses
-import difflib
-import importlib.util
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
-# KoBART's learned position table is offset by 2 (a fairseq legacy), so a table of
-# max_position_embeddings rows holds max_position_embeddings - 2 usable positions.
-POSITION_OFFSET = 2
+from kobart_flax.data_io import BAD_ROW_POLICIES
+from kobart_flax.korean_rouge import ROUGE_TYPES
+from kobart_flax.korean_rouge import TOKENIZATIONS as ROUGE_TOKENIZATIONS
+from kobart_flax.positions import POSITION_OFFSET, usable_positions
+from kobart_flax.pretrained_config import read_pretrained_config
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
-BAD_ROW_POLICIES = ("error", "skip")
 BEST_MODES = ("min", "max")
 # The device mesh's axes, outermost first; MeshConfig has a size for each.
 MESH_AXES = ("data", "fsdp", "tensor")
-ROUGE_TOKENIZATIONS = ("mecab", "whitespace", "character")  # see kobart_flax.metrics
 SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")  # the names model.special_tokens takes
+EVAL_LOSS = "eval_loss"  # what every evaluation reports; with ROUGE on, ROUGE_TYPES too
+# ModelConfig's architecture fields, each by the key of a Hugging Face BART config.json.
+ARCHITECTURE_KEYS = {
+    "vocab_size": "vocab_size",
+    "d_model": "d_model",
+    "encoder_layers": "encoder_layers",
+    "decoder_layers": "decoder_layers",
+    "attention_heads": "encoder_attention_heads",
+    "ffn_dim": "encoder_ffn_dim",
+    "max_position_embeddings": "max_position_embeddings",
+}
 
 
 class ConfigError(ValueError):
@@ -39,7 +47,9 @@ class ModelConfig:
     # HF hub name or local dir with HF BART weights; None = random init from the fields below.
     pretrained: str | None = None
     tokenizer: str = "data/sample/tokenizer"  # HF hub name or local dir
-    vocab_size: int = 4000  # used only when pretrained is None
+    # The architecture of a random init. With `pretrained` set they are unused: the
+    # checkpoint's config.json decides, and validation reads that (with_pretrained_architecture).
+    vocab_size: int = 4000
     d_model: int = 128
     encoder_layers: int = 2
     decoder_layers: int = 2
@@ -53,6 +63,78 @@ class ModelConfig:
     # for mirrors that ship an empty special_tokens_map.json. "" = the tokenizer's own, and
     # KoBART's tokens (with a warning) for those it lacks (kobart_flax.tokenization).
     special_tokens: str = ""
+
+    def with_pretrained_architecture(self) -> "ModelConfig | None":
+        """This section with the architecture fields of ``pretrained``'s config.json (itself
+        without ``pretrained``); None when that file cannot be read here (a hub model not in
+        the local cache), so the checks that need it wait for the loaded model."""
+        if self.pretrained is None:
+            return self
+        try:
+            found = read_pretrained_config(self.pretrained)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.pretrained={self.pretrained!r}: {error}") from None
+        return None if found is None else self.with_architecture(found)
+
+    def with_architecture(self, hf_config: typing.Mapping[str, typing.Any]) -> "ModelConfig":
+        """This section with the architecture fields of a BART config.json's contents."""
+        try:
+            architecture = {name: int(hf_config[key]) for name, key in ARCHITECTURE_KEYS.items()}
+        except (KeyError, TypeError, ValueError):
+            keys = ", ".join(ARCHITECTURE_KEYS.values())
+            raise ConfigError(f"{self.config_json()}: expected the BART keys {keys}") from None
+        return dataclasses.replace(self, **architecture)
+
+    def architecture_field(self, name: str) -> str:
+        """What messages call an architecture field: the config's, or the checkpoint's."""
+        if self.pretrained is None:
+            return f"model.{name}"
+        return f"{ARCHITECTURE_KEYS[name]} in {self.config_json()}"
+
+    def positions_described(self) -> str:
+        """The position table's size as messages name it."""
+        if self.pretrained is None:
+            return "model.max_position_embeddings"
+        return f"max_position_embeddings={self.max_position_embeddings} in {self.config_json()}"
+
+    def config_json(self) -> str:
+        return f"{self.pretrained}/config.json"
+
+    def problems(self) -> list[str]:
+        """Problems of this section, the architecture fields taken for the model's own
+        (without ``pretrained``, or after ``with_pretrained_architecture``)."""
+        problems = self.setting_problems()
+        for name in ARCHITECTURE_KEYS:
+            if name != "max_position_embeddings" and getattr(self, name) <= 0:
+                problems.append(
+                    f"{self.architecture_field(name)}={getattr(self, name)}: must be positive"
+                )
+        if self.max_position_embeddings <= POSITION_OFFSET:
+            problems.append(
+                f"{self.architecture_field('max_position_embeddings')}="
+                f"{self.max_position_embeddings}: must exceed the position offset {POSITION_OFFSET}"
+            )
+        if self.attention_heads > 0 and self.d_model % self.attention_heads != 0:
+            problems.append(
+                f"{self.architecture_field('d_model')}={self.d_model}: not divisible by "
+                f"{self.architecture_field('attention_heads')}={self.attention_heads}"
+            )
+        return problems
+
+    def setting_problems(self) -> list[str]:
+        """Problems of the fields that are this run's choice whatever the architecture."""
+        problems = []
+        for name in ("dropout", "attention_dropout"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                problems.append(f"model.{name}={rate}: must be in [0, 1)")
+        if self.dtype not in COMPUTE_DTYPES:
+            problems.append(f"model.dtype={self.dtype!r}: must be one of {COMPUTE_DTYPES}")
+        try:
+            parse_special_tokens(self.special_tokens)
+        except ConfigError as error:
+            problems.append(str(error))
+        return problems
 
 
 @dataclass
@@ -83,6 +165,69 @@ class DataConfig:
     packed_source_length: int = 1024
     packed_target_length: int = 128
 
+    def problems(self, model: ModelConfig | None) -> list[str]:
+        """Problems of this section; lengths and buckets against the positions of ``model``
+        (its architecture known), or, with None, left to :func:`check_positions`."""
+        problems = []
+        for name in ("max_source_length", "max_target_length"):
+            length = getattr(self, name)
+            if length <= 0:
+                problems.append(f"data.{name}={length}: must be positive")
+            elif model is not None and length > usable_positions(model.max_position_embeddings):
+                problems.append(
+                    f"data.{name}={length}: exceeds the "
+                    f"{usable_positions(model.max_position_embeddings)} usable positions "
+                    f"({model.positions_described()} minus offset {POSITION_OFFSET})"
+                )
+        for side in ("source", "target"):
+            problems += self._bucket_problems(side, model)
+        if self.bad_rows not in BAD_ROW_POLICIES:
+            problems.append(f"data.bad_rows={self.bad_rows!r}: must be one of {BAD_ROW_POLICIES}")
+        if self.prefetch < 0:
+            problems.append(f"data.prefetch={self.prefetch}: must be >= 0")
+        for name in ("text_column", "summary_column"):
+            if not getattr(self, name).strip():
+                problems.append(f"data.{name} is empty: name a column of the data")
+        if self.packing:
+            # Every example must fit a row alone; positions restart per segment, so rows may
+            # be longer than the position table.
+            for side in ("source", "target"):
+                row_length = getattr(self, f"packed_{side}_length")
+                longest = getattr(self, f"max_{side}_length")
+                if row_length < longest:
+                    problems.append(
+                        f"data.packed_{side}_length={row_length}: shorter than "
+                        f"data.max_{side}_length={longest}, so long examples would not fit"
+                    )
+        return problems
+
+    def _bucket_problems(self, side: str, model: ModelConfig | None) -> list[str]:
+        name = f"data.{side}_buckets"
+        buckets = getattr(self, f"{side}_buckets")
+        max_length = getattr(self, f"max_{side}_length")
+        if not buckets:
+            return [f"{name}: needs at least one bucket"]
+        problems = []
+        if any(b <= 0 for b in buckets):
+            problems.append(f"{name}={buckets}: bucket sizes must be positive")
+        if any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
+            problems.append(f"{name}={buckets}: buckets must be strictly increasing")
+        if buckets[-1] < max_length:
+            problems.append(
+                f"{name}={buckets}: largest bucket {buckets[-1]} is smaller than the max length "
+                f"{max_length}, so the longest sequences would fit no bucket"
+            )
+        if model is None:
+            return problems
+        positions = usable_positions(model.max_position_embeddings)
+        if buckets[-1] > positions:
+            # Padding positions still index the position table, so a bucket past it crashes.
+            problems.append(
+                f"{name}={buckets}: largest bucket {buckets[-1]} exceeds the {positions} "
+                f"positions ({model.positions_described()} minus offset {POSITION_OFFSET})"
+            )
+        return problems
+
 
 @dataclass
 class TrainConfig:
@@ -109,7 +254,7 @@ class TrainConfig:
     # The best K by best_metric are kept as well; with keep_best > 0 every evaluation step
     # is also a checkpoint step, so each evaluated model can compete. 0 = off.
     keep_best: int = 1
-    best_metric: str = "eval_loss"  # a metric the evaluation reports
+    best_metric: str = EVAL_LOSS  # a metric the evaluation reports (eval_metric_names)
     best_mode: str = "min"  # "min" (losses) | "max" (ROUGE)
     # Params-only warm start from another run's checkpoint directory (its newest step) or
     # one step directory in it; used only when <workdir>/checkpoints has nothing to resume.
@@ -125,6 +270,102 @@ class TrainConfig:
     # naming them; true moves them to checkpoints/corrupted/ and starts over from step 0.
     restart_if_unreadable: bool = False
 
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """What an evaluation reports; ``best_metric`` must be one of these."""
+        return (EVAL_LOSS, *ROUGE_TYPES) if self.rouge_every else (EVAL_LOSS,)
+
+    def problems(
+        self, process_count: int = 1, batch_shards: int | None = None, shards_name: str = ""
+    ) -> list[str]:
+        """Problems of this section; ``batch_shards`` (what messages call ``shards_name``), if
+        known, must divide each micro-batch."""
+        problems = []
+        if not self.workdir:
+            problems.append("train.workdir: must not be empty")
+        for name in (
+            "batch_size",
+            "grad_accum_steps",
+            "num_epochs",
+            "learning_rate",
+            "max_grad_norm",
+            "log_every",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"train.{name}={getattr(self, name)}: must be positive")
+        for name in (
+            "max_steps",
+            "weight_decay",
+            "eval_every",
+            "eval_max_batches",
+            "checkpoint_every",
+            "keep_best",
+            "rouge_every",
+            "rouge_examples",
+            "early_stopping_patience",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if self.keep_checkpoints < 1:
+            problems.append(
+                f"train.keep_checkpoints={self.keep_checkpoints}: must be >= 1 "
+                "(the newest checkpoint is what a restarted run resumes from)"
+            )
+        problems += self._best_metric_problems()
+        if self.rouge_tokenization not in ROUGE_TOKENIZATIONS:
+            problems.append(
+                f"train.rouge_tokenization={self.rouge_tokenization!r}: must be one of "
+                f"{ROUGE_TOKENIZATIONS}"
+            )
+        if self.early_stopping_patience and not self.eval_every:
+            problems.append(
+                "train.early_stopping_patience: needs train.eval_every > 0 (it counts evaluations)"
+            )
+        if self.init_checkpoint is not None and not self.init_checkpoint.strip():
+            problems.append("train.init_checkpoint: must be None or a checkpoint directory")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            problems.append(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1]")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"train.label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        return problems + self._batch_problems(process_count, batch_shards, shards_name)
+
+    def _best_metric_problems(self) -> list[str]:
+        if not self.best_metric:
+            return ["train.best_metric: must not be empty"]
+        problems = []
+        if self.best_metric not in self.eval_metric_names():
+            problems.append(
+                f"train.best_metric={self.best_metric!r}: evaluation reports only "
+                f"{', '.join(self.eval_metric_names())}"
+            )
+        if self.best_mode not in BEST_MODES:
+            problems.append(f"train.best_mode={self.best_mode!r}: must be one of {BEST_MODES}")
+        return problems
+
+    def _batch_problems(
+        self, process_count: int, batch_shards: int | None, shards_name: str
+    ) -> list[str]:
+        if self.batch_size <= 0 or self.grad_accum_steps <= 0:
+            return []  # the divisibility checks are meaningless and already reported
+        if self.batch_size % self.grad_accum_steps != 0:
+            return [
+                f"train.batch_size={self.batch_size}: not divisible by "
+                f"train.grad_accum_steps={self.grad_accum_steps}"
+            ]
+        problems = []
+        micro_batch = self.batch_size // self.grad_accum_steps
+        if batch_shards is not None and micro_batch % batch_shards != 0:
+            problems.append(
+                f"train.batch_size={self.batch_size} with grad_accum_steps="
+                f"{self.grad_accum_steps} gives {micro_batch} examples per micro-batch, "
+                f"not divisible by {batch_shards} {shards_name}"
+            )
+        # Each host reads an equal slice of the global batch.
+        if self.batch_size % process_count != 0:
+            problems.append(
+                f"train.batch_size={self.batch_size}: not divisible by {process_count} processes"
+            )
+        return problems
+
 
 @dataclass
 class DecodingConfig:
@@ -136,6 +377,20 @@ class DecodingConfig:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     batch_size: int = 32  # articles per generate call
+
+    def problems(self) -> list[str]:
+        problems = []
+        for name in ("num_beams", "batch_size"):
+            if getattr(self, name) <= 0:
+                problems.append(f"decoding.{name}={getattr(self, name)}: must be positive")
+        for name in ("min_length", "no_repeat_ngram_size"):
+            if getattr(self, name) < 0:
+                problems.append(f"decoding.{name}={getattr(self, name)}: must be >= 0")
+        if self.max_length < 2:
+            problems.append(
+                f"decoding.max_length={self.max_length}: must be >= 2 (start token + one)"
+            )
+        return problems
 
 
 @dataclass
@@ -154,6 +409,45 @@ class MeshConfig:
     expected_processes: int = 0
     expected_devices: int = 0
 
+    def problems(self, model: ModelConfig | None, device_count: int | None) -> list[str]:
+        """Problems of this section; against the architecture of ``model`` if known, and
+        against ``device_count`` devices if known."""
+        problems = []
+        for name in ("expected_processes", "expected_devices"):
+            if getattr(self, name) < 0:
+                problems.append(f"mesh.{name}={getattr(self, name)}: must be >= 0 (0 = any)")
+        if self.tensor > 1 and model is not None:
+            # Tensor parallelism splits whole heads, FFN columns and vocabulary rows.
+            for name in ("attention_heads", "ffn_dim", "vocab_size"):
+                if getattr(model, name) % self.tensor:
+                    problems.append(
+                        f"mesh.tensor={self.tensor}: does not divide "
+                        f"{model.architecture_field(name)}={getattr(model, name)}"
+                    )
+        try:
+            mesh_axis_sizes(self, device_count)
+        except ConfigError as error:
+            problems.append(str(error))
+        return problems
+
+    def check_topology(self, processes: int, devices: int, platform: str) -> None:
+        """Stops a run started on another topology than the config was written for (0: any).
+
+        A config tuned for a v4-32 (batch, mesh, memory) would otherwise run on whatever it
+        found, or fail much later in a collective or out of memory.
+        """
+        wrong = []
+        if self.expected_processes and processes != self.expected_processes:
+            wrong.append(f"{self.expected_processes} processes (this run has {processes})")
+        if self.expected_devices and devices != self.expected_devices:
+            wrong.append(f"{self.expected_devices} devices (this run has {devices})")
+        if wrong:
+            raise ConfigError(
+                f"the config expects {' and '.join(wrong)}, on {platform}: "
+                "start it on the topology it was written for, or override "
+                "mesh.expected_processes / mesh.expected_devices (0 = don't check)"
+            )
+
 
 @dataclass
 class Config:
@@ -164,141 +458,17 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
-def _section_names() -> list[str]:
+def section_names() -> list[str]:
     return [section.name for section in dataclasses.fields(Config)]
 
 
-def _field_types(section_class: type) -> dict[str, typing.Any]:
+def field_types(section_class: type) -> dict[str, typing.Any]:
     # get_type_hints resolves annotations even if a module turns them into strings.
     return typing.get_type_hints(section_class)
 
 
-def _section_class(section_name: str) -> type:
-    return _field_types(Config)[section_name]
-
-
-# ---------------------------------------------------------------------------------------
-# Loading
-
-
-def load_config(path: str) -> Config:
-    """Imports the Python file at `path` and returns what its `get_config()` returns."""
-    config_path = Path(path)
-    if not config_path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_kobart_config_{config_path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import config file {path} (is it a .py file?)")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file {path} must define get_config()")
-    config = get_config()
-    if not isinstance(config, Config):
-        raise ConfigError(
-            f"get_config() in {path} returned {type(config).__name__}, expected "
-            "kobart_flax.config.Config"
-        )
-    return config
-
-
-# ---------------------------------------------------------------------------------------
-# Command-line overrides
-
-
-def _did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
-    matches = difflib.get_close_matches(name, candidates, n=1)
-    return f"; did you mean {prefix + matches[0]!r}?" if matches else ""
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
-    raise ValueError
-
-
-def parse_value(text: str, annotation: typing.Any, field_name: str) -> typing.Any:
-    """Turns the text of an override into a value of the field's annotated type."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if text.strip().lower() in ("none", "null"):
-            return None
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return parse_value(text, inner, field_name)
-
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        try:
-            return tuple(args[0](item) for item in items)
-        except ValueError:
-            raise ConfigError(
-                f"{field_name}: expected comma-separated {args[0].__name__}s "
-                f"like '64,128,256', got {text!r}"
-            ) from None
-
-    parsers = {bool: _parse_bool, int: int, float: float, str: str}
-    if annotation not in parsers:
-        raise ConfigError(f"{field_name}: overriding fields of type {annotation} is not supported")
-    try:
-        return parsers[annotation](text)
-    except ValueError:
-        raise ConfigError(f"{field_name}: expected {annotation.__name__}, got {text!r}") from None
-
-
-def _split_override(override: str) -> tuple[str, str, str]:
-    """'train.batch_size=64' -> ('train', 'batch_size', '64'), with helpful errors."""
-    key, equals, value = override.partition("=")
-    key = key.strip()
-    if not equals:
-        raise ConfigError(
-            f"{key}: missing '=' in override {override!r}, expected section.field=value"
-        )
-    section_name, dot, field_name = key.partition(".")
-    if not dot:
-        # Someone wrote 'batch_size=64'; find the section that has this field.
-        owners = [
-            f"{name}.{key}"
-            for name in _section_names()
-            if key in _field_types(_section_class(name))
-        ]
-        hint = f"; did you mean {owners[0]!r}?" if owners else ""
-        raise ConfigError(f"override {override!r}: expected section.field=value{hint}")
-    if section_name not in _section_names():
-        raise ConfigError(
-            f"unknown config section {section_name!r} in override {override!r}"
-            + _did_you_mean(section_name, _section_names())
-        )
-    known_fields = list(_field_types(_section_class(section_name)))
-    if field_name not in known_fields:
-        raise ConfigError(
-            f"unknown config field {key!r}"
-            + _did_you_mean(field_name, known_fields, prefix=f"{section_name}.")
-        )
-    return section_name, field_name, value
-
-
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Returns a copy of `config` with each `section.field=value` override applied in order."""
-    for override in overrides:
-        section_name, field_name, text = _split_override(override)
-        section = getattr(config, section_name)
-        annotation = _field_types(type(section))[field_name]
-        value = parse_value(text, annotation, f"{section_name}.{field_name}")
-        # replace() builds new section objects, so the caller's config is never mutated.
-        config = dataclasses.replace(
-            config, **{section_name: dataclasses.replace(section, **{field_name: value})}
-        )
-    return config
-
-
-# ---------------------------------------------------------------------------------------
-# Mesh
+def section_class(section_name: str) -> type:
+    return field_types(Config)[section_name]
 
 
 def mesh_axis_sizes(mesh: MeshConfig, device_count: int | None) -> dict[str, int]:
@@ -323,8 +493,85 @@ def mesh_axis_sizes(mesh: MeshConfig, device_count: int | None) -> dict[str, int
     return sizes
 
 
+def parse_special_tokens(text: str) -> dict[str, str]:
+    """``"bos=<s>,eos=</s>"`` -> ``{"bos": "<s>", "eos": "</s>"}`` (model.special_tokens)."""
+    tokens: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, equals, token = (part.strip() for part in item.partition("="))
+        if not equals or role not in SPECIAL_TOKEN_ROLES or not token or role in tokens:
+            raise ConfigError(
+                f"model.special_tokens={text!r}: expected role=token pairs separated by commas, "
+                f"each role once, roles {', '.join(SPECIAL_TOKEN_ROLES)} (e.g. 'bos=<s>,eos=</s>')"
+            )
+        tokens[role] = token
+    return tokens
+
+
+def check_positions(data: DataConfig, max_position_embeddings: int, model_name: str) -> None:
+    """One-line ConfigError when data lengths or buckets exceed the positions of a model
+    whose size is known only at run time (a checkpoint, or a ``model.pretrained`` whose
+    config.json `validate` could not read)."""
+    usable = usable_positions(max_position_embeddings)
+    too_long = [
+        f"{name}={value}"
+        for name, value in (
+            ("data.max_source_length", data.max_source_length),
+            ("data.max_target_length", data.max_target_length),
+            ("data.source_buckets", max(data.source_buckets)),
+            ("data.target_buckets", max(data.target_buckets)),
+        )
+        if value > usable
+    ]
+    if too_long:
+        raise ConfigError(
+            f"{', '.join(too_long)} exceed the {usable} positions of {model_name} "
+            f"(max_position_embeddings={max_position_embeddings} minus offset {POSITION_OFFSET})"
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Validation
+
+
+def validate(config: Config, device_count: int | None = None, process_count: int = 1) -> None:
+    """Raises ConfigError listing every field that would break the run.
+
+    Meant to run before anything is compiled, so a typo fails in a second, not after the
+    first XLA compile on a pod. Pass `device_count` (jax.device_count()) and
+    `process_count` (jax.process_count()) to also check that batches shard evenly. With
+    `model.pretrained` set, the architecture is that model's config.json, where it can be
+    read without a download.
+    """
+    if device_count is not None and device_count <= 0:
+        raise ValueError(f"device_count must be positive, got {device_count}")
+    if process_count <= 0:
+        raise ValueError(f"process_count must be positive, got {process_count}")
+    problems = _type_problems(config)
+    # The range checks below would crash or mislead on values of the wrong type.
+    _raise_if_any(problems)
+    # None: a hub model's config.json not in the local cache; its architecture is checked
+    # once the model is loaded (train.py), and the config's own copy is not the model's.
+    model = config.model.with_pretrained_architecture()
+    problems += model.problems() if model else config.model.setting_problems()
+    problems += config.data.problems(model)
+    problems += config.mesh.problems(model, device_count)
+    batch_shards, shards_name = _batch_shards(config.mesh, device_count)
+    problems += config.train.problems(process_count, batch_shards, shards_name)
+    problems += config.decoding.problems()
+    _raise_if_any(problems)
+
+
+def _batch_shards(mesh: MeshConfig, device_count: int | None) -> tuple[int | None, str]:
+    """mesh.data x mesh.fsdp, what each micro-batch is split over, and what to call it."""
+    if device_count is None:
+        return None, ""
+    try:
+        sizes = mesh_axis_sizes(mesh, device_count)
+    except ConfigError:
+        return None, ""  # reported by MeshConfig.problems
+    shards = sizes["data"] * sizes["fsdp"]
+    # One shard per device, unless tensor parallelism makes a group of devices share one.
+    return shards, "devices" if shards == device_count else "batch shards (mesh.data x mesh.fsdp)"
 
 
 def _has_type(value: typing.Any, annotation: typing.Any) -> bool:
@@ -344,11 +591,12 @@ def _has_type(value: typing.Any, annotation: typing.Any) -> bool:
     return isinstance(value, annotation)
 
 
-def _check_types(config: Config, problems: list[str]) -> None:
+def _type_problems(config: Config) -> list[str]:
     """Catches config files that compute a float where an int belongs (`512 / 2`), and NaN."""
-    for section_name in _section_names():
+    problems = []
+    for section_name in section_names():
         section = getattr(config, section_name)
-        for name, annotation in _field_types(type(section)).items():
+        for name, annotation in field_types(type(section)).items():
             value = getattr(section, name)
             if not _has_type(value, annotation):
                 problems.append(
@@ -358,283 +606,11 @@ def _check_types(config: Config, problems: list[str]) -> None:
                 # Every range check compares NaN as False, so NaN would pass them all and
                 # train to a NaN model; no field means anything at infinity either.
                 problems.append(f"{section_name}.{name}={value!r}: must be a finite number")
+    return problems
 
 
 def _type_name(annotation: typing.Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation)
-
-
-def _check_buckets(
-    problems: list[str], name: str, buckets: tuple[int, ...], max_length: int, max_positions: int
-) -> None:
-    if not buckets:
-        problems.append(f"{name}: needs at least one bucket")
-        return
-    if any(b <= 0 for b in buckets):
-        problems.append(f"{name}={buckets}: bucket sizes must be positive")
-    if any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
-        problems.append(f"{name}={buckets}: buckets must be strictly increasing")
-    if buckets[-1] < max_length:
-        problems.append(
-            f"{name}={buckets}: largest bucket {buckets[-1]} is smaller than the max length "
-            f"{max_length}, so the longest sequences would fit no bucket"
-        )
-    if buckets[-1] > max_positions:
-        # Padding positions still index the position table, so a bucket past it crashes.
-        problems.append(
-            f"{name}={buckets}: largest bucket {buckets[-1]} exceeds the {max_positions} "
-            "positions of the model"
-        )
-
-
-def _check_model(model: ModelConfig, problems: list[str]) -> None:
-    for name in (
-        "vocab_size",
-        "d_model",
-        "encoder_layers",
-        "decoder_layers",
-        "attention_heads",
-        "ffn_dim",
-    ):
-        if getattr(model, name) <= 0:
-            problems.append(f"model.{name}={getattr(model, name)}: must be positive")
-    if model.max_position_embeddings <= POSITION_OFFSET:
-        problems.append(
-            f"model.max_position_embeddings={model.max_position_embeddings}: must exceed the "
-            f"position offset {POSITION_OFFSET}"
-        )
-    for name in ("dropout", "attention_dropout"):
-        rate = getattr(model, name)
-        if not 0.0 <= rate < 1.0:
-            problems.append(f"model.{name}={rate}: must be in [0, 1)")
-    if model.dtype not in COMPUTE_DTYPES:
-        problems.append(f"model.dtype={model.dtype!r}: must be one of {COMPUTE_DTYPES}")
-    try:
-        parse_special_tokens(model.special_tokens)
-    except ConfigError as error:
-        problems.append(str(error))
-    if model.attention_heads > 0 and model.d_model % model.attention_heads != 0:
-        problems.append(
-            f"model.d_model={model.d_model}: not divisible by "
-            f"model.attention_heads={model.attention_heads}"
-        )
-
-
-def parse_special_tokens(text: str) -> dict[str, str]:
-    """``"bos=<s>,eos=</s>"`` -> ``{"bos": "<s>", "eos": "</s>"}`` (model.special_tokens)."""
-    tokens: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        role, equals, token = (part.strip() for part in item.partition("="))
-        if not equals or role not in SPECIAL_TOKEN_ROLES or not token or role in tokens:
-            raise ConfigError(
-                f"model.special_tokens={text!r}: expected role=token pairs separated by commas, "
-                f"each role once, roles {', '.join(SPECIAL_TOKEN_ROLES)} (e.g. 'bos=<s>,eos=</s>')"
-            )
-        tokens[role] = token
-    return tokens
-
-
-def check_positions(data: DataConfig, max_position_embeddings: int, model_name: str) -> None:
-    """One-line ConfigError when data lengths or buckets exceed the positions of a model
-    whose size is known only at run time (``model.pretrained``, a checkpoint)."""
-    usable = max_position_embeddings - POSITION_OFFSET
-    too_long = [
-        f"{name}={value}"
-        for name, value in (
-            ("data.max_source_length", data.max_source_length),
-            ("data.max_target_length", data.max_target_length),
-            ("data.source_buckets", max(data.source_buckets)),
-            ("data.target_buckets", max(data.target_buckets)),
-        )
-        if value > usable
-    ]
-    if too_long:
-        raise ConfigError(
-            f"{', '.join(too_long)} exceed the {usable} positions of {model_name} "
-            f"(max_position_embeddings={max_position_embeddings} minus offset {POSITION_OFFSET})"
-        )
-
-
-def _check_data(data: DataConfig, max_positions: int, problems: list[str]) -> None:
-    for name in ("max_source_length", "max_target_length"):
-        length = getattr(data, name)
-        if length <= 0:
-            problems.append(f"data.{name}={length}: must be positive")
-        elif length > max_positions:
-            problems.append(
-                f"data.{name}={length}: exceeds the {max_positions} usable positions "
-                f"(model.max_position_embeddings minus offset {POSITION_OFFSET})"
-            )
-    _check_buckets(
-        problems, "data.source_buckets", data.source_buckets, data.max_source_length, max_positions
-    )
-    _check_buckets(
-        problems, "data.target_buckets", data.target_buckets, data.max_target_length, max_positions
-    )
-    if data.bad_rows not in BAD_ROW_POLICIES:
-        problems.append(f"data.bad_rows={data.bad_rows!r}: must be one of {BAD_ROW_POLICIES}")
-    if data.prefetch < 0:
-        problems.append(f"data.prefetch={data.prefetch}: must be >= 0")
-    for name in ("text_column", "summary_column"):
-        if not getattr(data, name).strip():
-            problems.append(f"data.{name} is empty: name a column of the data")
-    if data.packing:
-        # Every example must fit a row alone; positions restart per segment, so rows may
-        # be longer than the position table.
-        for row_side, longest in (("source", "max_source_length"), ("target", "max_target_length")):
-            row_length = getattr(data, f"packed_{row_side}_length")
-            if row_length < getattr(data, longest):
-                problems.append(
-                    f"data.packed_{row_side}_length={row_length}: shorter than "
-                    f"data.{longest}={getattr(data, longest)}, so long examples would not fit"
-                )
-
-
-def _check_train(
-    train: TrainConfig,
-    device_count: int | None,
-    process_count: int,
-    problems: list[str],
-    batch_shards: int | None = None,
-) -> None:
-    if not train.workdir:
-        problems.append("train.workdir: must not be empty")
-    for name in (
-        "batch_size",
-        "grad_accum_steps",
-        "num_epochs",
-        "learning_rate",
-        "max_grad_norm",
-        "log_every",
-    ):
-        if getattr(train, name) <= 0:
-            problems.append(f"train.{name}={getattr(train, name)}: must be positive")
-    for name in (
-        "max_steps",
-        "weight_decay",
-        "eval_every",
-        "eval_max_batches",
-        "checkpoint_every",
-        "keep_best",
-        "rouge_every",
-        "rouge_examples",
-        "early_stopping_patience",
-    ):
-        if getattr(train, name) < 0:
-            problems.append(f"train.{name}={getattr(train, name)}: must be >= 0")
-    if train.keep_checkpoints < 1:
-        problems.append(
-            f"train.keep_checkpoints={train.keep_checkpoints}: must be >= 1 "
-            "(the newest checkpoint is what a restarted run resumes from)"
-        )
-    if not train.best_metric:
-        problems.append("train.best_metric: must not be empty")
-    if train.best_mode not in BEST_MODES:
-        problems.append(f"train.best_mode={train.best_mode!r}: must be one of {BEST_MODES}")
-    if train.rouge_tokenization not in ROUGE_TOKENIZATIONS:
-        problems.append(
-            f"train.rouge_tokenization={train.rouge_tokenization!r}: must be one of "
-            f"{ROUGE_TOKENIZATIONS}"
-        )
-    if train.early_stopping_patience and not train.eval_every:
-        problems.append(
-            "train.early_stopping_patience: needs train.eval_every > 0 (it counts evaluations)"
-        )
-    if train.init_checkpoint is not None and not train.init_checkpoint.strip():
-        problems.append("train.init_checkpoint: must be None or a checkpoint directory")
-    if not 0.0 <= train.warmup_ratio <= 1.0:
-        problems.append(f"train.warmup_ratio={train.warmup_ratio}: must be in [0, 1]")
-    if not 0.0 <= train.label_smoothing < 1.0:
-        problems.append(f"train.label_smoothing={train.label_smoothing}: must be in [0, 1)")
-
-    if train.batch_size <= 0 or train.grad_accum_steps <= 0:
-        return  # the divisibility checks below are meaningless and already reported
-    if train.batch_size % train.grad_accum_steps != 0:
-        problems.append(
-            f"train.batch_size={train.batch_size}: not divisible by "
-            f"train.grad_accum_steps={train.grad_accum_steps}"
-        )
-        return
-    micro_batch = train.batch_size // train.grad_accum_steps
-    # Each micro-batch is split over the batch shards (mesh.data x mesh.fsdp): one per
-    # device, unless tensor parallelism makes a group of devices share one.
-    shards = device_count if batch_shards is None else batch_shards
-    if shards is not None and micro_batch % shards != 0:
-        over = (
-            f"{shards} devices"
-            if shards == device_count
-            else f"{shards} batch shards (mesh.data x mesh.fsdp)"
-        )
-        problems.append(
-            f"train.batch_size={train.batch_size} with grad_accum_steps="
-            f"{train.grad_accum_steps} gives {micro_batch} examples per micro-batch, "
-            f"not divisible by {over}"
-        )
-    # Each host reads an equal slice of the global batch.
-    if train.batch_size % process_count != 0:
-        problems.append(
-            f"train.batch_size={train.batch_size}: not divisible by {process_count} processes"
-        )
-
-
-def validate(config: Config, device_count: int | None = None, process_count: int = 1) -> None:
-    """Raises ConfigError listing every field that would break the run.
-
-    Meant to run before anything is compiled, so a typo fails in a second, not after the
-    first XLA compile on a pod. Pass `device_count` (jax.device_count()) and
-    `process_count` (jax.process_count()) to also check that batches shard evenly.
-    """
-    if device_count is not None and device_count <= 0:
-        raise ValueError(f"device_count must be positive, got {device_count}")
-    if process_count <= 0:
-        raise ValueError(f"process_count must be positive, got {process_count}")
-    problems: list[str] = []
-    _check_types(config, problems)
-    # The range checks below would crash or mislead on values of the wrong type.
-    _raise_if_any(problems)
-    max_positions = config.model.max_position_embeddings - POSITION_OFFSET
-    _check_model(config.model, problems)
-    _check_data(config.data, max_positions, problems)
-    batch_shards = _check_mesh(config.mesh, config.model, device_count, problems)
-    _check_train(config.train, device_count, process_count, problems, batch_shards)
-    _check_decoding(config.decoding, problems)
-    _raise_if_any(problems)
-
-
-def _check_mesh(
-    mesh: MeshConfig, model: ModelConfig, device_count: int | None, problems: list[str]
-) -> int | None:
-    """Checks the mesh against the model and devices; returns mesh.data x mesh.fsdp if known."""
-    for name in ("expected_processes", "expected_devices"):
-        if getattr(mesh, name) < 0:
-            problems.append(f"mesh.{name}={getattr(mesh, name)}: must be >= 0 (0 = any)")
-    if mesh.tensor > 1:
-        # Tensor parallelism splits whole heads, FFN columns and vocabulary rows.
-        for name in ("attention_heads", "ffn_dim", "vocab_size"):
-            if getattr(model, name) % mesh.tensor:
-                problems.append(
-                    f"mesh.tensor={mesh.tensor}: does not divide model.{name}="
-                    f"{getattr(model, name)}"
-                )
-    try:
-        sizes = mesh_axis_sizes(mesh, device_count)
-    except ConfigError as error:
-        problems.append(str(error))
-        return None
-    return None if device_count is None else sizes["data"] * sizes["fsdp"]
-
-
-def _check_decoding(decoding: DecodingConfig, problems: list[str]) -> None:
-    for name in ("num_beams", "batch_size"):
-        if getattr(decoding, name) <= 0:
-            problems.append(f"decoding.{name}={getattr(decoding, name)}: must be positive")
-    for name in ("min_length", "no_repeat_ngram_size"):
-        if getattr(decoding, name) < 0:
-            problems.append(f"decoding.{name}={getattr(decoding, name)}: must be >= 0")
-    if decoding.max_length < 2:
-        problems.append(
-            f"decoding.max_length={decoding.max_length}: must be >= 2 (start token + one)"
-        )
 
 
 def _raise_if_any(problems: list[str]) -> None:
@@ -653,54 +629,27 @@ def config_to_dict(config: Config) -> dict[str, dict[str, typing.Any]]:
             name: list(value) if isinstance(value, tuple) else value
             for name, value in dataclasses.asdict(getattr(config, section_name)).items()
         }
-        for section_name in _section_names()
+        for section_name in section_names()
     }
 
 
 def config_from_dict(config_dict: dict[str, dict[str, typing.Any]]) -> Config:
     """Inverse of config_to_dict. Fields missing from the dict keep their defaults, so
     configs saved before a field was added still load; unknown names are an error."""
-    unknown_sections = set(config_dict) - set(_section_names())
+    unknown_sections = set(config_dict) - set(section_names())
     if unknown_sections:
         raise ConfigError(f"unknown config sections: {sorted(unknown_sections)}")
     sections = {}
     for section_name, section_values in config_dict.items():
-        field_types = _field_types(_section_class(section_name))
-        unknown_fields = set(section_values) - set(field_types)
+        types_by_field = field_types(section_class(section_name))
+        unknown_fields = set(section_values) - set(types_by_field)
         if unknown_fields:
             raise ConfigError(
                 f"unknown config fields: {sorted(f'{section_name}.{f}' for f in unknown_fields)}"
             )
         values = {
-            name: tuple(value) if typing.get_origin(field_types[name]) is tuple else value
+            name: tuple(value) if typing.get_origin(types_by_field[name]) is tuple else value
             for name, value in section_values.items()
         }
-        sections[section_name] = _section_class(section_name)(**values)
+        sections[section_name] = section_class(section_name)(**values)
     return Config(**sections)
-
-
-# ---------------------------------------------------------------------------------------
-# Entry points
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    """`--config PATH section.field=value ...` -> Config. Exits with a usage message on a
-    bad config or override, like any other command-line error."""
-    parser = argparse.ArgumentParser(
-        description="Load a config file and apply section.field=value overrides.",
-        epilog=(
-            "example:\n  %(prog)s --config configs/kobart_base.py "
-            "train.workdir=gs://my-bucket/run1 train.batch_size=256 data.source_buckets=128,256,512"
-        ),
-        # Keeps the example on one line, as it would be typed.
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", default="configs/tiny.py", help="Python file with get_config()")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.field=value", help="config overrides"
-    )
-    args = parser.parse_args(argv)
-    try:
-        return apply_overrides(load_config(args.config), args.overrides)
-    except ConfigError as error:
-        parser.error(str(error))

@@ -8,7 +8,7 @@ Two formats, chosen by suffix:
 - ``.jsonl``: one JSON object per line with string fields ``news`` and ``summary``; other fields
   are ignored.
 
-The demo's file tab also reads comma-separated files by the TSV rules (``read_csv_articles``).
+The demo's file tab also reads comma-separated files by the TSV rules (``read_articles``).
 
 Paths go through ``etils.epath`` so ``gs://`` buckets work the same as local files.
 """
@@ -119,15 +119,18 @@ def read_examples(
     return apply_bad_row_policy(path, rows, bad_rows)
 
 
-def read_csv_articles(path: str, bad_rows: str = "error") -> list[Example]:
-    """Articles (and summaries, if given) of a comma-separated file, by the TSV rules.
+def read_articles(path: str) -> list[Example]:
+    """Articles to summarize (summaries optional): what ``read_examples`` reads with
+    ``require_summary=False``, except that ``.csv`` is read by the TSV rules.
 
     ``read_examples`` hands ``.csv`` to the ``datasets`` library (any column names, no line
     numbers); the demo's file tab wants what spreadsheets export read like a TSV instead: a
     header naming ``news`` (and optionally ``summary``), strict quoting, errors by line.
     """
+    if epath.Path(path).suffix.lower() != ".csv":
+        return read_examples(path, require_summary=False)
     data = _read_bytes(path, "a .csv file with a header row naming 'news'")
-    return apply_bad_row_policy(path, _parse_delimited(path, data, False, ","), bad_rows)
+    return apply_bad_row_policy(path, _parse_delimited(path, data, False, ","), "error")
 
 
 def _read_bytes(path: str, expected: str) -> bytes:

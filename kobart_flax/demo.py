@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from transformers import BartConfig
 
 from kobart_flax.batching import pick_bucket
-from kobart_flax.data_io import Example, read_csv_articles, read_examples
+from kobart_flax.data_io import read_articles, read_examples
+from kobart_flax.log_setup import setup_logging
 from kobart_flax.predict import write_predictions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import Summarizer, check_max_source_length, position_limit
@@ -123,12 +124,6 @@ def load_checkpoint(directory: str, dtype: str = "float32") -> LoadedModel:
     config = BartConfig.from_dict(metadata["model_config"])
     model = FlaxBartForConditionalGeneration(config, jnp.dtype(dtype), params=params)
     return LoadedModel(model, tokenizer, directory)
-
-
-def read_articles(path: str) -> list[Example]:
-    if Path(path).suffix.lower() == ".csv":
-        return read_csv_articles(path)
-    return read_examples(path, require_summary=False)
 
 
 class SummaryService:
@@ -445,7 +440,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
     try:

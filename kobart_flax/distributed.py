@@ -16,6 +16,9 @@ call: the runtime's device list is fixed by the first one.
 Once joined, the processes watch each other (:class:`PeerWatchdog`): a process that dies takes
 its peers down with one line naming it, within ``--heartbeat_timeout`` seconds, instead of
 leaving them in a collective until JAX's own timeout aborts them with C++ stack traces.
+
+A preemption notice (SIGTERM) is also a cluster matter: :class:`PreemptionWatcher` says after
+which step every process saves and stops, the same step on every host.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import signal
 import threading
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-
-from kobart_flax.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -363,24 +366,59 @@ def _exit_now(message: str) -> None:
     os._exit(PEER_LOST_EXIT_CODE)
 
 
-def check_topology(expected_processes: int, expected_devices: int) -> None:
-    """Stops a run started on another topology than its config was written for (0: any).
+class PreemptionWatcher:
+    """Says after which step to save and stop, once a preemption notice (SIGTERM) came.
 
-    A config tuned for a v4-32 (batch, mesh, memory) would otherwise run on whatever it
-    found, or fail much later in a collective or out of memory.
+    Call ``reached(step)`` after every step, on every host; a context manager.
+
+    On a pod (``jax.process_count() > 1``) JAX's preemption service, started by
+    ``jax.distributed.initialize``, owns SIGTERM: when any host gets one, the hosts agree
+    on a step (the highest any has reached, plus one), and
+    ``multihost_utils.reached_preemption_sync_point(step)`` is True on every host at that
+    same step, so all of them enter the collective save together. That service only exists
+    with a distributed runtime: in a single process (CPU, tests, a one-host TPU VM without
+    ``jax.distributed``) the sync point is always False and nothing listens for SIGTERM, so
+    here a Python handler sets a flag and the loop saves after the step in progress (with one
+    process, "the same step on every host" holds trivially). Handlers are main-thread only:
+    elsewhere a single process gets no preemption handling, with a warning.
     """
-    processes, devices = jax.process_count(), jax.device_count()
-    wrong = []
-    if expected_processes and processes != expected_processes:
-        wrong.append(f"{expected_processes} processes (this run has {processes})")
-    if expected_devices and devices != expected_devices:
-        wrong.append(f"{expected_devices} devices (this run has {devices})")
-    if wrong:
-        raise ConfigError(
-            f"the config expects {' and '.join(wrong)}, on {jax.devices()[0].platform}: "
-            "start it on the topology it was written for, or override "
-            "mesh.expected_processes / mesh.expected_devices (0 = don't check)"
-        )
+
+    def __init__(self):
+        self._use_jax_service = jax.process_count() > 1
+        self._notice = threading.Event()
+        self._previous_handler: Any = None
+        self._installed = False
+
+    def __enter__(self) -> PreemptionWatcher:
+        if self._use_jax_service:
+            if not jax.config.jax_enable_preemption_service:
+                logger.warning(
+                    "jax_enable_preemption_service is off: a preempted pod will not checkpoint"
+                )
+        elif threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        else:
+            logger.warning("training outside the main thread: SIGTERM will not checkpoint")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._installed = False
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._notice.is_set():
+            logger.warning("SIGTERM: saving a checkpoint after the current step, then stopping")
+        self._notice.set()
+
+    def reached(self, step: int) -> bool:
+        if self._use_jax_service:
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the service is disabled
+                return False
+        return self._notice.is_set()
 
 
 def sum_over_processes(values: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from transformers import BartConfig, GenerationConfig
 
 from kobart_flax import checkpoint, hf_io, storage
 from kobart_flax.model_card import hub_base_model, model_card
+from kobart_flax.positions import usable_positions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 VERIFY_TOLERANCE = 1e-3  # max abs logit difference, float32
 # For checkpoints whose config predates the decoding section: the original project's beam 4.
 DEFAULT_DECODING = {"num_beams": 4, "max_length": 128, "length_penalty": 1.0}
-# BART's learned positions reserve two rows (the offset of fairseq's padding positions).
-POSITION_OFFSET = 2
 MODEL_CARD_FILE = "README.md"
 DEFAULT_LICENSE = "mit"  # gogamza/kobart-base-v1's license, which a fine-tune inherits
 
@@ -147,7 +146,7 @@ def write_model_dir(
     output.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(output)
     generation.save_pretrained(output)
-    max_source_tokens = config.max_position_embeddings - POSITION_OFFSET
+    max_source_tokens = usable_positions(config.max_position_embeddings)
     for name, text in tokenizer_files(tokenizer, max_source_tokens).items():
         (output / name).write_text(text, encoding="utf-8")
     (output / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
@@ -218,7 +217,7 @@ def export(
         history=history,
         steps_per_epoch=position.get("steps_per_epoch"),
         generation=generation.to_dict(),
-        max_source_tokens=config.max_position_embeddings - POSITION_OFFSET,
+        max_source_tokens=usable_positions(config.max_position_embeddings),
         dtype=dtype,
         license_name=license_name,
         base_model=base_model

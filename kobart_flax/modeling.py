@@ -24,9 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# BART's learned positions reserve the first two rows (a fairseq left-over), so
-# position p reads row p + 2.
-POSITION_OFFSET = 2
+from kobart_flax.positions import POSITION_OFFSET
+
 LAYER_NORM_EPS = 1e-5
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
-from kobart_flax.metrics import TOKENIZATIONS, rouge
+from kobart_flax.korean_rouge import TOKENIZATIONS, rouge
+from kobart_flax.log_setup import setup_logging
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import (
     Summarizer,
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         run(args)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import serialization
 from transformers import BartConfig, GenerationConfig
 
 from kobart_flax import hf_io, storage
+from kobart_flax.batching import shift_right
 from kobart_flax.generation import GenerationSettings, generate_jit
 from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
 
@@ -55,17 +57,6 @@ class GenerateOutput:
 @dataclasses.dataclass
 class Seq2SeqLMOutput:
     logits: jax.Array  # [batch, target_len, vocab]
-
-
-def shift_tokens_right(
-    token_ids: jax.Array, pad_token_id: int, decoder_start_token_id: int
-) -> jax.Array:
-    """[batch, length] --> [batch, length]: prepend the start token, drop the last token."""
-    shifted = jnp.concatenate(
-        [jnp.full_like(token_ids[:, :1], decoder_start_token_id), token_ids[:, :-1]], axis=1
-    )
-    # Labels may mark ignored positions with -100 (the PyTorch convention).
-    return jnp.where(shifted == -100, pad_token_id, shifted)
 
 
 class FlaxBartForConditionalGeneration:
@@ -224,8 +215,8 @@ class FlaxBartForConditionalGeneration:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if decoder_input_ids is None:
-            decoder_input_ids = shift_tokens_right(
-                input_ids, self.config.pad_token_id, self.config.decoder_start_token_id
+            decoder_input_ids = shift_right(
+                np.asarray(input_ids), self.config.decoder_start_token_id, self.config.pad_token_id
             )
         if train and dropout_rng is None:
             raise ValueError("train=True needs a dropout_rng")

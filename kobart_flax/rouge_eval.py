@@ -11,14 +11,14 @@ import numpy as np
 from kobart_flax import distributed
 from kobart_flax.config import Config
 from kobart_flax.data_io import Example
-from kobart_flax.metrics import rouge_totals
+from kobart_flax.korean_rouge import ROUGE_TYPES, rouge_totals
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
 from kobart_flax.summarize import Summarizer
 
 logger = logging.getLogger(__name__)
 
 # What an evaluation reports under these names: the F1 of each ROUGE variant.
-ROUGE_METRICS = {"rouge1": "rouge1_f", "rouge2": "rouge2_f", "rougeL": "rougeL_f"}
+ROUGE_METRICS = {kind: f"{kind}_f" for kind in ROUGE_TYPES}
 
 
 class RougeEvaluator:

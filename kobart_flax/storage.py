@@ -9,7 +9,6 @@ model is not lost to a failed write.
 """
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -25,12 +24,6 @@ REMOTE_SCHEMES = ("gs://",)
 # new steps from the same process (and from a long-running demo or export). A listing is
 # one request, so skip the cache.
 fsspec.config.conf.setdefault("gs", {})["use_listings_cache"] = False
-
-# gcsfs and fsspec log a line at INFO for every file they open (hundreds per checkpoint):
-# WARNING unless the user set a level.
-for _name in ("gcsfs", "fsspec"):
-    if logging.getLogger(_name).level == logging.NOTSET:
-        logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -8,16 +8,17 @@ returned in the input order.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kobart_flax.batching import pick_bucket
-from kobart_flax.generation import GenerationSettings, generate
-from kobart_flax.modeling import POSITION_OFFSET, BartForConditionalGenerationModule
+from kobart_flax.generation import GenerationSettings, generate_jit
+from kobart_flax.modeling import BartForConditionalGenerationModule
+from kobart_flax.positions import POSITION_OFFSET, usable_positions
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def check_max_source_length(
 
 def position_limit(module: BartForConditionalGenerationModule) -> int:
     """The most tokens the model reads on either side: its position table less BART's offset."""
-    return module.spec.max_position_embeddings - POSITION_OFFSET
+    return usable_positions(module.spec.max_position_embeddings)
 
 
 def check_max_length(
@@ -98,9 +99,7 @@ class Summarizer:
         self.source_buckets = tuple(b for b in source_buckets if b < max_source_length) + (
             max_source_length,
         )
-        self._generate = jax.jit(
-            lambda params, ids, mask: generate(module, params, ids, mask, settings)
-        )
+        self._generate = functools.partial(generate_jit, module, settings=settings)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """``<s> text </s>`` ids, truncated to ``max_source_length`` keeping ``</s>``."""

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -40,6 +39,7 @@ from kobart_flax import (
     token_cache,
 )
 from kobart_flax.config import (
+    EVAL_LOSS,
     Config,
     ConfigError,
     ModelConfig,
@@ -51,7 +51,8 @@ from kobart_flax.config import (
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
-from kobart_flax.rouge_eval import ROUGE_METRICS, RougeEvaluator
+from kobart_flax.pretrained_config import read_pretrained_config
+from kobart_flax.rouge_eval import RougeEvaluator
 from kobart_flax.tokenization import EncodedExample, encode_examples, load_tokenizer
 from kobart_flax.train_batches import TrainBatches
 
@@ -59,9 +60,6 @@ logger = logging.getLogger(__name__)
 
 FINAL_MODEL_DIR = "final_model"
 TOKEN_CACHE_DIR = "token_cache"  # under train.workdir, unless data.cache_dir names another
-
-
-EVAL_LOSS = "eval_loss"
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,11 +227,10 @@ def abstract_sharded_state(
 
 def pretrained_positions(name_or_path: str) -> int:
     """``max_position_embeddings`` of a ``model.pretrained``, read from its config alone."""
-    if storage.is_remote(name_or_path):
-        # local_directory would copy the weights too, only to read one number.
-        config_file = storage.as_path(name_or_path) / "config.json"
-        return int(json.loads(config_file.read_text())["max_position_embeddings"])
-    return BartConfig.from_pretrained(name_or_path).max_position_embeddings
+    found = read_pretrained_config(name_or_path)
+    if found is None:  # a hub model not in the cache yet: transformers downloads config.json
+        return BartConfig.from_pretrained(name_or_path).max_position_embeddings
+    return int(found["max_position_embeddings"])
 
 
 def model_from_metadata(
@@ -361,25 +358,12 @@ def resume_position(
     return epoch, batch_in_epoch
 
 
-def eval_metric_names(config: Config) -> tuple[str, ...]:
-    """What an evaluation reports; ``train.best_metric`` must be one of these."""
-    return (EVAL_LOSS, *ROUGE_METRICS) if config.train.rouge_every else (EVAL_LOSS,)
-
-
-def check_best_metric(config: Config) -> None:
-    names = eval_metric_names(config)
-    if config.train.best_metric not in names:
-        raise ConfigError(
-            f"train.best_metric={config.train.best_metric!r}: evaluation reports only "
-            f"{', '.join(names)}"
-        )
-
-
 def train_and_evaluate(config: Config) -> TrainResult:
     # The topology first: on the wrong one, every later error would mislead.
-    distributed.check_topology(config.mesh.expected_processes, config.mesh.expected_devices)
+    config.mesh.check_topology(
+        jax.process_count(), jax.device_count(), platform=jax.devices()[0].platform
+    )
     validate(config, device_count=jax.device_count(), process_count=jax.process_count())
-    check_best_metric(config)
     # Before anything in the workdir is read or written: token cache, checkpoints, logs.
     with checkpoint.WorkdirLock(config.train.workdir):
         return _train_and_evaluate(config)
@@ -389,7 +373,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
     train_config, data_config = config.train, config.data
     tokenizer = load_tokenizer(config.model.tokenizer, config.model.special_tokens)
     if config.model.pretrained:
-        # Validation checked model.max_position_embeddings, which a pretrained model ignores.
+        # Validation could check these only if the model's config.json was already here.
         check_positions(
             data_config, pretrained_positions(config.model.pretrained), config.model.pretrained
         )
@@ -428,7 +412,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
     # The watcher outlives the checkpointer, whose close waits for the last async save: a
     # SIGTERM from startup until the final write is on disk only asks for a clean stop.
     with (
-        checkpoint.PreemptionWatcher() as preemption,
+        distributed.PreemptionWatcher() as preemption,
         checkpoint.TrainCheckpointer(
             checkpoint.checkpoint_dir(train_config.workdir), train_config
         ) as checkpointer,
@@ -485,7 +469,7 @@ def _train_loop(
     config: Config,
     start: _Start,
     checkpointer: checkpoint.TrainCheckpointer,
-    preemption: checkpoint.PreemptionWatcher,
+    preemption: distributed.PreemptionWatcher,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: jax.sharding.Mesh,
@@ -535,7 +519,7 @@ def _train_loop(
     )
 
     def evaluate(params, step: int) -> dict[str, float]:
-        """Metrics by name (see eval_metric_names)."""
+        """Metrics by name (see TrainConfig.eval_metric_names)."""
         batches = batching.eval_batches(eval_examples, **batch_options)
         if train_config.eval_max_batches:
             batches = itertools.islice(batches, train_config.eval_max_batches)

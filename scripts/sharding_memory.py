@@ -31,11 +31,10 @@ from kobart_flax.config import (
     MeshConfig,
     ModelConfig,
     TrainConfig,
-    apply_overrides,
-    load_config,
     mesh_axis_sizes,
     validate,
 )
+from kobart_flax.overrides import apply_overrides, load_config
 
 # The meshes worth comparing on a v4-32; -1 takes the devices the others leave.
 MODES = (
@@ -217,8 +216,19 @@ def lengths(config: Config) -> tuple[int, int]:
     return data.max_source_length, data.max_target_length
 
 
+def with_model_architecture(config: Config) -> Config:
+    """``config`` with the architecture fields of its ``model.pretrained``, if set."""
+    model = config.model.with_pretrained_architecture()
+    if model is None:  # a hub model not in the cache yet: transformers downloads config.json
+        model = config.model.with_architecture(
+            BartConfig.from_pretrained(config.model.pretrained).to_dict()
+        )
+    return dataclasses.replace(config, model=model)
+
+
 def estimate(config: Config, devices: int) -> list[ModeMemory]:
     """Per-chip bytes of each of :data:`MODES` on ``devices`` chips."""
+    config = with_model_architecture(config)
     state = abstract_train_state(config.model, config.train)
     source, target = lengths(config)
     modes = []

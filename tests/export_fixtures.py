@@ -9,7 +9,7 @@ from tiny_models import tiny_kobart_config
 from transformers import BartForConditionalGeneration
 
 import export_pt
-from kobart_flax.config import apply_overrides, load_config
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import load_tokenizer
 from kobart_flax.train import train_and_evaluate
 

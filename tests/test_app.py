@@ -18,7 +18,7 @@ from gradio_client.exceptions import AppError
 from tiny_models import save_tiny_model
 
 from kobart_flax import FlaxBartForConditionalGeneration
-from kobart_flax.data_io import DataError, read_examples
+from kobart_flax.data_io import DataError, read_articles, read_examples
 from kobart_flax.demo import (
     QUICKSTART_MODEL,
     SUMMARIZER_CACHE_SIZE,
@@ -31,7 +31,6 @@ from kobart_flax.demo import (
     load_model,
     main,
     parse_args,
-    read_articles,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"

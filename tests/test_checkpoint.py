@@ -24,15 +24,9 @@ from jax.experimental.compilation_cache import compilation_cache
 from tiny_models import write_slice
 
 import train_flax
-from kobart_flax import checkpoint, steps
-from kobart_flax.config import (
-    Config,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    config_to_dict,
-    load_config,
-)
+from kobart_flax import checkpoint, distributed, steps
+from kobart_flax.config import Config, ConfigError, TrainConfig, config_to_dict
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,7 +157,7 @@ def test_preempted_run_resumes_exactly(reference, data_dir, tmp_path, monkeypatc
     # A preemption notice arriving at step PREEMPT_AT (what SIGTERM sets, without a signal).
     with monkeypatch.context() as patch:
         patch.setattr(
-            checkpoint.PreemptionWatcher, "reached", lambda self, step: step == PREEMPT_AT
+            distributed.PreemptionWatcher, "reached", lambda self, step: step == PREEMPT_AT
         )
         stopped = train_and_evaluate(config)
     assert stopped.preempted

@@ -9,14 +9,12 @@ import pytest
 from kobart_flax.config import (
     Config,
     ConfigError,
-    apply_overrides,
+    MeshConfig,
     config_from_dict,
     config_to_dict,
-    load_config,
-    parse_args,
-    parse_value,
     validate,
 )
+from kobart_flax.overrides import apply_overrides, load_config, parse_args, parse_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = str(REPO_ROOT / "configs" / "tiny.py")
@@ -369,6 +367,7 @@ def test_checkpoint_fields_from_the_command_line():
             "train.keep_best=3",
             "train.best_metric=rougeL",
             "train.best_mode=max",
+            "train.rouge_every=100",  # without ROUGE no evaluation reports rougeL
             "train.init_checkpoint=gs://bucket/run1/checkpoints",
         ],
     )
@@ -391,3 +390,92 @@ def test_config_files_checkpoint_during_training_and_keep_the_best(path):
     assert train.best_mode == expected_mode
     assert train.best_metric == "eval_loss" or train.rouge_every > 0
     assert train.init_checkpoint is None
+
+
+def test_best_metric_must_be_one_the_evaluation_reports():
+    config = with_field(Config(), "train", best_metric="rougeL", best_mode="max")
+    with pytest.raises(ConfigError, match="train.best_metric='rougeL': evaluation reports only"):
+        validate(config)
+    validate(with_field(config, "train", rouge_every=100))
+    with pytest.raises(
+        ConfigError, match="evaluation reports only eval_loss, rouge1, rouge2, rougeL"
+    ):
+        validate(with_field(config, "train", rouge_every=100, best_metric="rouge3"))
+
+
+# --- topology ----------------------------------------------------------------------------
+
+
+def test_wrong_topology_names_what_the_config_expects():
+    MeshConfig(expected_processes=1, expected_devices=2).check_topology(1, 2, "cpu")
+    MeshConfig().check_topology(1, 2, "cpu")  # 0 = any
+    with pytest.raises(
+        ConfigError,
+        match=r"expects 4 processes \(this run has 1\) and 16 devices \(this run has 2\), on cpu",
+    ):
+        MeshConfig(expected_processes=4, expected_devices=16).check_topology(1, 2, "cpu")
+
+
+# --- model.pretrained: the checkpoint's architecture, not the config's --------------------
+
+
+def write_model_config(directory: Path, **architecture) -> str:
+    """A model directory holding only config.json: all that validation reads."""
+    directory.mkdir()
+    kobart = {
+        "vocab_size": 30000,
+        "d_model": 768,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "encoder_attention_heads": 16,
+        "encoder_ffn_dim": 3072,
+        "max_position_embeddings": 1026,
+    }
+    (directory / "config.json").write_text(json.dumps({**kobart, **architecture}))
+    return str(directory)
+
+
+def test_pretrained_positions_come_from_the_checkpoint_not_the_config(tmp_path):
+    model_dir = write_model_config(tmp_path / "short", max_position_embeddings=130)
+    # The config's own (unused) field would allow 1024 positions.
+    config = with_field(Config(), "model", pretrained=model_dir, max_position_embeddings=1026)
+    with pytest.raises(ConfigError) as error:
+        validate(config)
+    expected = (
+        "data.max_source_length=512: exceeds the 128 usable positions "
+        f"(max_position_embeddings=130 in {model_dir}/config.json minus offset 2)"
+    )
+    assert expected in [line.strip() for line in str(error.value).splitlines()]
+    validate(with_field(config, "model", pretrained=write_model_config(tmp_path / "long")))
+
+
+def test_pretrained_architecture_decides_the_tensor_split(tmp_path):
+    model_dir = write_model_config(tmp_path / "kobart")
+    config = dataclasses.replace(
+        with_field(Config(), "model", pretrained=model_dir, attention_heads=3, ffn_dim=7),
+        mesh=MeshConfig(tensor=4),
+    )
+    validate(config, device_count=8)  # 16 heads, FFN 3072, vocab 30000: all split by 4
+    config = dataclasses.replace(config, mesh=MeshConfig(tensor=32))
+    with pytest.raises(
+        ConfigError, match=f"mesh.tensor=32: does not divide encoder_attention_heads in {model_dir}"
+    ):
+        validate(config)
+
+
+def test_pretrained_model_without_its_config_at_hand_is_checked_after_loading():
+    # Not a directory and not in the hub cache: nothing to read offline, so the config's own
+    # architecture fields, unused, are not judged either.
+    config = with_field(Config(), "model", pretrained="nobody/not-cached", d_model=130)
+    validate(config)
+
+
+def test_unreadable_pretrained_config_is_one_line(tmp_path):
+    model_dir = tmp_path / "broken"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"model.pretrained=.*config.json: not JSON"):
+        validate(with_field(Config(), "model", pretrained=str(model_dir)))
+    (model_dir / "config.json").write_text('{"d_model": 768}')
+    with pytest.raises(ConfigError, match=r"config.json: expected the BART keys vocab_size"):
+        validate(with_field(Config(), "model", pretrained=str(model_dir)))

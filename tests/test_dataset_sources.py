@@ -6,7 +6,6 @@ import datasets
 import pytest
 from tiny_models import SAMPLE, TINY_RUN_SHAPES, write_slice
 
-from kobart_flax.config import apply_overrides, load_config
 from kobart_flax.data_io import DataError, read_examples
 from kobart_flax.dataset_sources import (
     is_dataset_source,
@@ -14,6 +13,7 @@ from kobart_flax.dataset_sources import (
     parse_source,
     read_dataset_examples,
 )
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import train_and_evaluate
 
 ROWS = 12

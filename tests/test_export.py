@@ -16,8 +16,8 @@ from transformers import AutoModelForSeq2SeqLM, BartConfig, BartModel
 import export_pt
 from kobart_flax import FlaxBartForConditionalGeneration, export
 from kobart_flax.checkpoint import restore_params
-from kobart_flax.config import apply_overrides, load_config
 from kobart_flax.data_io import read_examples
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import encode_examples, load_tokenizer
 from kobart_flax.train import train_and_evaluate
 

@@ -88,7 +88,7 @@ def test_predict_input_with_a_stray_quote_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
 def test_demo_file_tab_refuses_a_stray_quote(tmp_path, suffix):
-    from kobart_flax.demo import read_articles
+    from kobart_flax.data_io import read_articles
 
     path, examples = sample_file(tmp_path, suffix)
     assert [e.news for e in read_articles(str(path))] == [e.news for e in examples]
@@ -99,7 +99,7 @@ def test_demo_file_tab_refuses_a_stray_quote(tmp_path, suffix):
 
 @pytest.mark.parametrize("delimiter", ["\t", ","])
 def test_a_field_starting_with_a_quoted_phrase_keeps_its_quotes(tmp_path, delimiter):
-    from kobart_flax.demo import read_articles
+    from kobart_flax.data_io import read_articles
 
     suffix = ".tsv" if delimiter == "\t" else ".csv"
     news = '"경제가 어렵다" 라고 말했다'
@@ -133,7 +133,7 @@ def test_a_quoted_field_may_still_span_lines(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
 def test_a_ten_megabyte_field_reads_whole(tmp_path, suffix):
-    from kobart_flax.demo import read_articles
+    from kobart_flax.data_io import read_articles
 
     delimiter = "\t" if suffix == ".tsv" else ","
     news = "가" * 10_000_000
@@ -240,7 +240,7 @@ def test_text_with_some_unknown_characters_still_encodes(tokenizer):
 
 @pytest.mark.usefixtures("gcs_emulator")
 def test_gs_paths_read_and_refuse_the_same():
-    from kobart_flax.demo import read_articles
+    from kobart_flax.data_io import read_articles
 
     data = f"gs://{BUCKET}/data"
     assert len(read_examples(f"{data}/train.tsv")) == 96

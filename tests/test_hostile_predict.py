@@ -9,7 +9,7 @@ import pytest
 from tiny_models import save_tiny_model
 
 import predict
-from kobart_flax import FlaxBartForConditionalGeneration, demo, metrics
+from kobart_flax import FlaxBartForConditionalGeneration, demo, korean_rouge
 from kobart_flax.data_io import read_examples
 from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
@@ -124,19 +124,19 @@ class LimitedMecab:
 
 @pytest.fixture
 def limited_mecab(monkeypatch) -> LimitedMecab:
-    tokenizer = metrics.make_tokenizer("mecab")
+    tokenizer = korean_rouge.make_tokenizer("mecab")
     limited = LimitedMecab(tokenizer._mecab, limit=200)
     monkeypatch.setattr(tokenizer, "_mecab", limited)
-    monkeypatch.setattr(metrics, "MECAB_MAX_CHARS", 200)
+    monkeypatch.setattr(korean_rouge, "MECAB_MAX_CHARS", 200)
     return limited
 
 
 def test_a_text_too_long_for_one_mecab_call_is_scored_in_parts(limited_mecab):
     text = " ".join(articles(20))
-    whole = limited_mecab.real.morphs(metrics.clean(text))
+    whole = limited_mecab.real.morphs(korean_rouge.clean(text))
     assert len(text) > 10 * limited_mecab.limit
-    assert metrics.make_tokenizer("mecab").tokenize(text) == whole
-    scores = metrics.rouge([text], [text])
+    assert korean_rouge.make_tokenizer("mecab").tokenize(text) == whole
+    scores = korean_rouge.rouge([text], [text])
     assert scores["rouge1_f"] == pytest.approx(1.0) and scores["rougeL_f"] == pytest.approx(1.0)
 
 

@@ -25,7 +25,8 @@ from tiny_models import (
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
-from kobart_flax.config import ConfigError, TrainConfig, apply_overrides, load_config
+from kobart_flax.config import ConfigError, TrainConfig
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import load_tokenizer
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 

@@ -19,7 +19,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kobart_flax import sharding
-from kobart_flax.config import apply_overrides, load_config, mesh_axis_sizes
+from kobart_flax.config import mesh_axis_sizes
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.sharding import MESH_AXES, ShardingError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,10 +16,10 @@ from kobart_flax.config import (
     MeshConfig,
     ModelConfig,
     TrainConfig,
-    load_config,
     mesh_axis_sizes,
     validate,
 )
+from kobart_flax.overrides import load_config
 from kobart_flax.sharding import FSDP_AXIS, TENSOR_AXIS, ShardingError, partition_spec
 from scripts.sharding_memory import abstract_train_state
 

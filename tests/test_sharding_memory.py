@@ -8,9 +8,11 @@ from pathlib import Path
 
 import jax
 import pytest
+from transformers import BartConfig
 
 from kobart_flax import checkpoint
-from kobart_flax.config import ModelConfig, apply_overrides, load_config
+from kobart_flax.config import ModelConfig
+from kobart_flax.overrides import apply_overrides, load_config
 from scripts import sharding_memory
 from scripts.sharding_memory import MODES, V4_HBM_BYTES
 
@@ -18,8 +20,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def kobart_base():
-    return load_config("configs/kobart_base.py")
+def kobart_dir(tmp_path_factory):
+    """gogamza/kobart-base-v1's config.json alone (its architecture), as the hub has it."""
+    directory = tmp_path_factory.mktemp("kobart-base-v1")
+    BartConfig(
+        vocab_size=30000,
+        d_model=768,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=16,
+        decoder_attention_heads=16,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        max_position_embeddings=1026,
+    ).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def kobart_base(kobart_dir):
+    config = load_config("configs/kobart_base.py")
+    # Offline: the architecture from a local copy of the hub model's config.json.
+    config = apply_overrides(config, [f"model.pretrained={kobart_dir}"])
+    return sharding_memory.with_model_architecture(config)
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +145,10 @@ def test_the_verdict_turns_when_the_batch_grows(kobart_base, modes):
     assert min(mode.total for mode in big) > V4_HBM_BYTES
 
 
-def test_memory_report_is_the_readme_table():
+def test_memory_report_is_the_readme_table(kobart_dir):
     """The table in the README is what the script prints for kobart-base on 16 chips."""
     table = subprocess.run(
-        [sys.executable, "-m", "scripts.sharding_memory"],
+        [sys.executable, "-m", "scripts.sharding_memory", f"model.pretrained={kobart_dir}"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -10,8 +10,9 @@ import pytest
 from tiny_models import write_slice
 
 import train_flax
-from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
-from kobart_flax.config import ConfigError, apply_overrides, load_config
+from kobart_flax import FlaxBartForConditionalGeneration, checkpoint, distributed
+from kobart_flax.config import ConfigError
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -196,7 +197,7 @@ def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeyp
     # Stopped by a preemption notice mid-epoch, then rerun: the same losses and params.
     resumed_config = tiny_config([*packed, f"train.workdir={tmp_path / 'resumed'}"])
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint.PreemptionWatcher, "reached", lambda self, step: step == 7)
+        patch.setattr(distributed.PreemptionWatcher, "reached", lambda self, step: step == 7)
         assert train_and_evaluate(resumed_config).preempted
     resumed = train_and_evaluate(resumed_config)
     assert resumed.start_step == 7

@@ -6,7 +6,11 @@ come from ``rouge_score`` and the tokenization is the competition's: keep only
 ``[A-Za-z0-9가-힣]`` (everything else becomes a space), then split into Mecab morphemes.
 Whitespace and character tokenizations are options for comparison.
 
-Scores are the mean over examples of each example's precision, recall and F1.
+Scores are the mean over examples of each example's precision, recall and F1. (Scoring the
+summaries of a training run is :mod:`kobart_flax.rouge_eval`'s job; this module only scores.)
+
+``rouge_score`` (and the nltk it pulls in, a second to import) is imported on first use, so
+that config validation can read ``TOKENIZATIONS`` from here cheaply.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-
-from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 TOKENIZATIONS = ("mecab", "whitespace", "character")
@@ -112,6 +114,8 @@ def rouge_totals(
     add up to the whole sample's sums."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=make_tokenizer(tokenization))
     totals = {f"{kind}_{part}": 0.0 for kind in ROUGE_TYPES for part in "fpr"}
     for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):

@@ -3,7 +3,7 @@
 import pytest
 from rouge_score import rouge_scorer
 
-from kobart_flax.metrics import clean, rouge, rouge_totals
+from kobart_flax.korean_rouge import clean, rouge, rouge_totals
 
 REFERENCE = "정부는 내일 새 정책을 발표한다"
 # Mecab: 정부 는 내일 새 정책 을 발표 한다        (8 morphemes)
