@@ -73,16 +73,21 @@ def resolve_source(source: str | os.PathLike | ModelSource) -> ModelSource:
     given = os.fspath(source)
     if storage.is_remote(given) or os.path.exists(given):
         return _resolve_directory(storage.as_path(given), given)
+    check_hub_name(given)
+    return ModelSource(HUB, given, given)
+
+
+def check_hub_name(name: str, what: str = "model") -> None:
+    """Raises ModelLoadError if ``name``, found nowhere locally, cannot be a hub name either."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     try:
-        validate_repo_id(given)
+        validate_repo_id(name)
     except HFValidationError:
-        raise ModelLoadError(f"no model at {given}: no such directory") from None
-    if "/" in given and os.path.isdir(given.split("/")[0]):
-        raise ModelLoadError(f"no model at {given}: no such directory")
-    return ModelSource(HUB, given, given)
+        raise ModelLoadError(f"no {what} at {name}: no such directory") from None
+    if "/" in name and os.path.isdir(name.split("/")[0]):
+        raise ModelLoadError(f"no {what} at {name}: no such directory")
 
 
 def _resolve_directory(path: epath.Path, given: str) -> ModelSource:

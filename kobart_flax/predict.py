@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ from collections.abc import Sequence
 from etils import epath
 from tqdm import tqdm
 
+from kobart_flax import storage
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
-from kobart_flax.loading import ModelLoadError, load_model
+from kobart_flax.loading import ModelLoadError, check_hub_name, first_line, load_model
 from kobart_flax.metrics import TOKENIZATIONS, rouge
 from kobart_flax.summarize import (
     Summarizer,
@@ -142,12 +144,22 @@ def read_input(args: argparse.Namespace) -> list[Example]:
     return [Example(news=text.strip(), summary="", origin=origin)]
 
 
+def tokenizer_flag(name: str):
+    """The ``--tokenizer`` override; a mistyped one is one line, as a mistyped ``--model`` is."""
+    if not storage.is_remote(name) and not os.path.exists(name):
+        check_hub_name(name, "tokenizer")
+    try:
+        return load_tokenizer(name)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load a tokenizer from {name}: {first_line(error)}") from error
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
     examples = read_input(args)
     loaded = load_model(args.model, args.dtype, with_tokenizer=args.tokenizer is None)
     model = loaded.model
-    tokenizer = loaded.tokenizer if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    tokenizer = loaded.tokenizer if args.tokenizer is None else tokenizer_flag(args.tokenizer)
     requested = {name: getattr(args, name) for name in GENERATION_FLAGS}
     # transformers marks a generation config made from config.json, not read from its own file.
     if getattr(model.generation_config, "_from_model_config", False):

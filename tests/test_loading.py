@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny_models import SAMPLE_TOKENIZER, save_tiny_checkpoint, save_tiny_model
+from tiny_models import SAMPLE, SAMPLE_TOKENIZER, save_tiny_checkpoint, save_tiny_model, write_slice
 
 import export_pt
 import predict
@@ -141,3 +141,30 @@ def test_every_entry_point_answers_a_bad_source_with_one_line(
         expected = f"{source}: not an Orbax checkpoint" if hub_to_export else reason
         assert expected in message and "\n" not in message, (name, message)
     assert not (tmp_path / "exported").exists()
+
+
+def test_predict_summarizes_from_a_checkpoint_as_from_the_same_model_directory(saved, tmp_path):
+    model_dir, workdir, _ = saved  # the same random model, saved both ways
+    articles = tmp_path / "articles.tsv"
+    write_slice(SAMPLE / "test.tsv", articles, rows=8)
+    outputs = {}
+    for name, source in (("directory", model_dir), ("checkpoint", workdir)):
+        outputs[name] = tmp_path / f"{name}.tsv"
+        argv = ["--model", str(source), "--input", str(articles)]
+        settings = ["--num-beams", "1", "--max-length", "8", "--max-source-length", "64"]
+        assert predict.main([*argv, *settings, "--output", str(outputs[name])]) == 0
+    assert outputs["checkpoint"].read_text() == outputs["directory"].read_text()
+
+
+def test_a_mistyped_tokenizer_is_one_line(saved, tmp_path, caplog, offline):
+    model_dir, _, _ = saved
+    for tokenizer, reason in [
+        (str(tmp_path / "tokenzer"), f"no tokenizer at {tmp_path / 'tokenzer'}: no such directory"),
+        ("tpyo/kobart-base", "cannot load a tokenizer from tpyo/kobart-base"),
+    ]:
+        caplog.clear()
+        argv = ["--model", str(model_dir), "--tokenizer", tokenizer, "--text", "짧은 기사입니다."]
+        with caplog.at_level(logging.ERROR):
+            assert predict.main(argv) == 2
+        (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert reason in message and "\n" not in message, message
