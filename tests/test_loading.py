@@ -7,7 +7,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny_models import SAMPLE, SAMPLE_TOKENIZER, save_tiny_checkpoint, save_tiny_model, write_slice
+from tiny_models import (
+    SAMPLE,
+    save_tiny_checkpoint,
+    save_tiny_model,
+    tiny_run_overrides,
+    write_slice,
+)
 
 import export_pt
 import predict
@@ -86,6 +92,17 @@ def test_broken_sources_are_one_line(saved, tmp_path):
 REPO = Path(__file__).resolve().parent.parent
 
 
+def train_tiny(override: str, tmp_path: Path) -> int:
+    """train_flax.py on a slice of the sample data, with ``override``."""
+    write_slice(SAMPLE / "train.tsv", tmp_path / "data" / "train.tsv", rows=16)
+    write_slice(SAMPLE / "test.tsv", tmp_path / "data" / "test.tsv", rows=4)
+    config = str(REPO / "configs" / "tiny.py")
+    workdir = tmp_path / "run"
+    return train_flax.main(
+        ["--config", config, *tiny_run_overrides(tmp_path / "data", workdir), override]
+    )
+
+
 def entry_point_errors(source: str, tmp_path: Path, caplog) -> dict[str, tuple[int, list[str]]]:
     """(exit code, ERROR lines) of each command given ``source`` as its model."""
     text = ["--text", "짧은 기사입니다."]
@@ -96,14 +113,9 @@ def entry_point_errors(source: str, tmp_path: Path, caplog) -> dict[str, tuple[i
         "export_pt": lambda: export_pt.main(
             ["--checkpoint", source, "--output", str(tmp_path / "exported")]
         ),
-        "train model.pretrained": lambda: train_flax.main(
-            [
-                "--config",
-                str(REPO / "configs" / "tiny.py"),
-                f"model.pretrained={source}",
-                f"model.tokenizer={SAMPLE_TOKENIZER}",
-                f"train.workdir={tmp_path / 'run'}",
-            ]
+        "train model.pretrained": lambda: train_tiny(f"model.pretrained={source}", tmp_path),
+        "train train.init_checkpoint": lambda: train_tiny(
+            f"train.init_checkpoint={source}", tmp_path
         ),
     }
     results = {}
@@ -136,9 +148,11 @@ def test_every_entry_point_answers_a_bad_source_with_one_line(
     for name, (code, errors) in entry_point_errors(source, tmp_path, caplog).items():
         assert code == 2, name
         (message,) = errors
-        # export_pt reads checkpoints, never the hub: a hub name is refused as it is.
-        hub_to_export = name == "export_pt" and source.startswith("tpyo")
-        expected = f"{source}: not an Orbax checkpoint" if hub_to_export else reason
+        # export_pt and train.init_checkpoint read checkpoints, never the hub: a hub name is
+        # refused as it is.
+        needs_checkpoint = name in ("export_pt", "train train.init_checkpoint")
+        hub_to_checkpoint = needs_checkpoint and source.startswith("tpyo")
+        expected = f"{source}: not an Orbax checkpoint" if hub_to_checkpoint else reason
         assert expected in message and "\n" not in message, (name, message)
     assert not (tmp_path / "exported").exists()
 
