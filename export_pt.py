@@ -14,6 +14,7 @@ import sys
 
 from kobart_flax.checkpoint import CheckpointError
 from kobart_flax.export import DEFAULT_LICENSE, EXPORT_DTYPES, ExportError, export
+from kobart_flax.loading import ModelLoadError
 from kobart_flax.log_setup import setup_logging
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             base_model=args.base_model,
             datasets=args.dataset,
         )
-    except (CheckpointError, ExportError) as error:
+    except (CheckpointError, ExportError, ModelLoadError) as error:
         logging.error("%s", error)
         return 2
     return 0

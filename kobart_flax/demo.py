@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import importlib
 import logging
 import tempfile
 import threading
@@ -23,21 +22,18 @@ from pathlib import Path
 
 import gradio as gr
 import jax
-import jax.numpy as jnp
-from transformers import BartConfig
 
 from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import read_articles, read_examples
+from kobart_flax.loading import LoadedModel, ModelLoadError
+from kobart_flax.loading import load_model as load_saved_model
 from kobart_flax.log_setup import setup_logging
 from kobart_flax.predict import write_predictions
-from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import Summarizer, check_max_source_length, position_limit
-from kobart_flax.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 QUICKSTART_MODEL = "runs/tiny/final_model"
-USE_MODEL = "Use --model with a saved model directory (a training run's <workdir>/final_model)."
 DEMO_ARTICLES = Path(__file__).resolve().parent.parent / "data" / "sample" / "demo_articles.tsv"
 
 # Every distinct setting is a separate XLA program (settings are static under jit); keeping a
@@ -54,10 +50,6 @@ PREVIEW_CHARS = 80
 # Gradio shows a progress bar for a handler parameter whose default is a gr.Progress; called
 # outside a request (tests), it does nothing.
 PROGRESS_BAR = gr.Progress()
-
-
-class ModelUnavailable(RuntimeError):
-    """No model where the user pointed; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,53 +69,17 @@ class GenerationControls:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    model: FlaxBartForConditionalGeneration
-    tokenizer: object  # a transformers PreTrainedTokenizerFast
-    source: str  # where it came from, shown on the page
-
-
-def load_model(name_or_path: str, dtype: str = "float32") -> LoadedModel:
-    """A model directory (train output or exported), or a hub name like predict.py takes."""
+def load_model(source: str, dtype: str = "float32") -> LoadedModel:
+    """Any source predict.py takes: a model directory, a hub name, an Orbax checkpoint."""
     try:
-        model = FlaxBartForConditionalGeneration.from_pretrained(name_or_path, jnp.dtype(dtype))
-        tokenizer = load_tokenizer(name_or_path)
-    except ModelNotFoundError as error:  # one line already; the quickstart's also says how
-        hint = (
-            ". Train the quickstart model first: python train_flax.py --config configs/tiny.py "
-            "(see README.md), or pass --model DIR"
-            if name_or_path == QUICKSTART_MODEL
-            else ""
-        )
-        raise ModelUnavailable(f"{error}{hint}") from error
-    except OSError as error:  # a weights or tokenizer file missing from the model directory
-        first_line = str(error).strip().splitlines()[0]
-        raise ModelUnavailable(f"cannot load a model from {name_or_path}: {first_line}") from error
-    return LoadedModel(model, tokenizer, name_or_path)
-
-
-def load_checkpoint(directory: str, dtype: str = "float32") -> LoadedModel:
-    """The newest params of an Orbax checkpoint directory, with the tokenizer saved beside it."""
-    try:
-        checkpoint = importlib.import_module("kobart_flax.checkpoint")
-    except ImportError as error:
-        raise ModelUnavailable(
-            f"--checkpoint is not available yet ({error}). {USE_MODEL}"
-        ) from None
-    if not hasattr(checkpoint, "restore_params"):
-        raise ModelUnavailable(
-            f"--checkpoint is not available yet: kobart_flax.checkpoint has no restore_params. "
-            f"{USE_MODEL}"
-        )
-    try:
-        params, metadata = checkpoint.restore_params(directory)
-        tokenizer = checkpoint.load_tokenizer(directory)
-    except (OSError, RuntimeError) as error:  # checkpoint.CheckpointError is a RuntimeError
-        raise ModelUnavailable(f"--checkpoint: {error}") from error
-    config = BartConfig.from_dict(metadata["model_config"])
-    model = FlaxBartForConditionalGeneration(config, jnp.dtype(dtype), params=params)
-    return LoadedModel(model, tokenizer, directory)
+        return load_saved_model(source, dtype)
+    except ModelLoadError as error:
+        if source != QUICKSTART_MODEL:
+            raise
+        raise ModelLoadError(
+            f"{error}. Train the quickstart model first: python train_flax.py --config "
+            "configs/tiny.py (see README.md), or pass --model DIR"
+        ) from error
 
 
 class SummaryService:
@@ -422,9 +378,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument(
         "--model",
         default=QUICKSTART_MODEL,
-        help="model directory (train output or exported) or hub name (default: %(default)s)",
+        help="model directory (train output or exported), hub name or Orbax checkpoint "
+        "directory (default: %(default)s)",
     )
-    source.add_argument("--checkpoint", help="Orbax checkpoint directory (<workdir>/checkpoints)")
+    source.add_argument(
+        "--checkpoint", help="an Orbax checkpoint directory (a run's workdir or its checkpoints/)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
@@ -444,11 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
     try:
-        if args.checkpoint:
-            loaded = load_checkpoint(args.checkpoint, args.dtype)
-        else:
-            loaded = load_model(args.model, args.dtype)
-    except ModelUnavailable as error:
+        loaded = load_model(args.checkpoint or args.model, args.dtype)
+    except ModelLoadError as error:
         logging.error("%s", error)
         return 2
     try:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from transformers import BartConfig, GenerationConfig
 
-from kobart_flax import checkpoint, hf_io, storage
+from kobart_flax import checkpoint, hf_io, loading, storage
 from kobart_flax.model_card import hub_base_model, model_card
 from kobart_flax.positions import usable_positions
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
@@ -201,14 +201,20 @@ def export(
         raise ExportError(f"--dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
     output_path = Path(output)
     check_output(output_path, overwrite)
-    checkpoint_dir = checkpoint_directory(checkpoint_dir)
+    source = loading.resolve_source(checkpoint_dir)
+    if source.kind != loading.CHECKPOINT:
+        raise ExportError(
+            f"{checkpoint_dir}: not an Orbax checkpoint (a run's workdir, its checkpoints/ or one "
+            "step directory in it)"
+        )
+    checkpoint_dir = source.location
     if best:
         # Resolved here so that the card reads the history of the same step.
         step = checkpoint.best_step(checkpoint_dir)
-    params, metadata = checkpoint.restore_params(checkpoint_dir, step, best=best)
+    loaded = loading.load_model(source, step=step, best=best)
+    params, metadata, tokenizer = loaded.model.params, loaded.metadata, loaded.tokenizer
     history = checkpoint.read_history(checkpoint_dir, step)
     position = checkpoint.read_json_item(checkpoint_dir, checkpoint.DATA_ITERATOR, step)
-    tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
     config = hf_config(metadata["model_config"], tokenizer)
     generation = generation_config(config, metadata.get("config", {}))
     logger.info("restored step %d of %s", len(history["train_losses"]), checkpoint_dir)
@@ -243,20 +249,6 @@ def export(
     storage.publish_directory(output_path, write_and_verify)
     logger.info("wrote %s", output_path)
     return output_path
-
-
-def checkpoint_directory(given: str) -> str:
-    """``given``, or its ``checkpoints/`` when ``given`` is a run's workdir.
-
-    A workdir keeps its steps only in ``checkpoints/``, so a workdir without steps of its own
-    can mean nothing else: taken (and logged) rather than refused with a hint to retype.
-    """
-    path = storage.as_path(given)
-    nested = path / checkpoint.CHECKPOINT_DIR
-    if not checkpoint.all_steps(path) and nested.is_dir():
-        logger.info("%s is a run's workdir; using %s", given, nested)
-        return os.fspath(nested)
-    return given
 
 
 def check_output(output: Path, overwrite: bool) -> None:

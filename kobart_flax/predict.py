@@ -15,19 +15,20 @@ import argparse
 import csv
 import io
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 from etils import epath
 from tqdm import tqdm
 
+from kobart_flax import storage
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.korean_rouge import TOKENIZATIONS, rouge
+from kobart_flax.loading import ModelLoadError, check_hub_name, first_line, load_model
 from kobart_flax.log_setup import setup_logging
-from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import (
     Summarizer,
     check_max_length,
@@ -63,9 +64,14 @@ def lead_sentence(text: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", required=True, help="model directory (train output or exported) or hub name"
+        "--model",
+        required=True,
+        help="model directory (train output or exported), hub name, or Orbax checkpoint "
+        "directory (a run's workdir, its checkpoints/ or one step in it)",
     )
-    parser.add_argument("--tokenizer", help="tokenizer directory or hub name (default: --model)")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer directory or hub name (default: the model's own)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -139,11 +145,22 @@ def read_input(args: argparse.Namespace) -> list[Example]:
     return [Example(news=text.strip(), summary="", origin=origin)]
 
 
+def tokenizer_flag(name: str):
+    """The ``--tokenizer`` override; a mistyped one is one line, as a mistyped ``--model`` is."""
+    if not storage.is_remote(name) and not os.path.exists(name):
+        check_hub_name(name, "tokenizer")
+    try:
+        return load_tokenizer(name)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load a tokenizer from {name}: {first_line(error)}") from error
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
     examples = read_input(args)
-    model = FlaxBartForConditionalGeneration.from_pretrained(args.model, jnp.dtype(args.dtype))
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    loaded = load_model(args.model, args.dtype, with_tokenizer=args.tokenizer is None)
+    model = loaded.model
+    tokenizer = loaded.tokenizer if args.tokenizer is None else tokenizer_flag(args.tokenizer)
     requested = {name: getattr(args, name) for name in GENERATION_FLAGS}
     # transformers marks a generation config made from config.json, not read from its own file.
     if getattr(model.generation_config, "_from_model_config", False):
@@ -211,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DataError, FileNotFoundError, ModelNotFoundError, ValueError) as error:
+    except (DataError, FileNotFoundError, ModelLoadError, ValueError) as error:
         logging.error("%s", error)
         return 2
     return 0

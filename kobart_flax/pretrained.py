@@ -45,10 +45,6 @@ GENERATION_DEFAULTS = {
 }
 
 
-class ModelNotFoundError(OSError):
-    """No model where the user pointed (a mistyped path, or a hub name out of reach)."""
-
-
 @dataclasses.dataclass
 class GenerateOutput:
     sequences: jax.Array  # [batch, max_length]: start token, summary, </s>, padding
@@ -86,30 +82,27 @@ class FlaxBartForConditionalGeneration:
         dtype: jnp.dtype = jnp.float32,
         revision: str | None = None,
     ) -> FlaxBartForConditionalGeneration:
-        """Load a Hugging Face BART checkpoint from a local or ``gs://`` directory or the hub.
+        """Load a Hugging Face BART checkpoint from a local or ``gs://`` directory or the hub
+        (or an Orbax checkpoint directory: any source of :func:`kobart_flax.loading.load_model`).
 
         Reads ``model.safetensors``, ``flax_model.msgpack`` or ``pytorch_model.bin``
         (in that order of preference). ``dtype`` is the compute dtype; parameters stay
         float32.
 
         Raises:
-          ModelNotFoundError: no model directory at a local path, or a hub name that cannot be
-            loaded; the message is one line saying what to check.
+          kobart_flax.loading.ModelLoadError: no model at a local path, or a hub name that
+            cannot be loaded; the message is one line saying what to check.
         """
-        check_model_source(name_or_path)
-        with storage.local_directory(name_or_path) as local:
-            if Path(local).is_dir():
-                return cls._from_local_or_hub(local, dtype, revision)
-            # A hub name: transformers' and the hub's errors run to many lines with no hint.
-            try:
-                return cls._from_local_or_hub(local, dtype, revision)
-            except OSError as error:
-                raise ModelNotFoundError(hub_failure(os.fspath(name_or_path), error)) from error
+        # Imported here: loading builds its models with this class.
+        from kobart_flax import loading
+
+        return loading.read_pretrained(name_or_path, dtype, revision)
 
     @classmethod
-    def _from_local_or_hub(
+    def from_hf_files(
         cls, name_or_path: str, dtype: jnp.dtype, revision: str | None
     ) -> FlaxBartForConditionalGeneration:
+        """Read a local model directory or hub name as it is, without checking what it is."""
         config = BartConfig.from_pretrained(name_or_path, revision=revision)
         module = BartForConditionalGenerationModule(
             BartSpec.from_hf_config(config), jnp.dtype(dtype)
@@ -271,51 +264,4 @@ def resolve_weights_file(name_or_path: str, revision: str | None) -> Path:
     raise FileNotFoundError(
         f"hub repository {name_or_path}: no weights file; expected one of "
         f"{', '.join(hf_io.WEIGHT_FILES)}"
-    )
-
-
-def check_model_source(name_or_path: str | os.PathLike) -> None:
-    """Raises ModelNotFoundError for a local ``name_or_path`` that cannot be a model directory.
-
-    A name that cannot be a hub id (``runs/tiny/final_mdel``, ``./model``) or whose first
-    part is a local directory (``runs/final_mdel`` with ``runs/`` here) is a local path: a
-    typo there must say so at once, not after the hub's 20 s of retries and a traceback.
-    """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    text = os.fspath(name_or_path)
-    if storage.is_remote(text):
-        return  # storage.local_directory names a missing bucket directory
-    path = Path(text)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{text}: no config.json, so not a model directory (a training run's "
-                "final_model/ or an export_pt.py output)"
-            )
-        return
-    if path.exists():
-        raise ModelNotFoundError(f"{text} is a file; a model is a directory with config.json")
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        raise ModelNotFoundError(f"no model at {text}: no such directory") from None
-    if "/" in text and Path(text.split("/")[0]).is_dir():
-        raise ModelNotFoundError(f"no model at {text}: no such directory")
-
-
-def hub_failure(name: str, error: OSError) -> str:
-    """One line for a hub name that could not be loaded, with the cause the hub gave."""
-    from huggingface_hub import constants
-
-    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if constants.is_offline_mode():
-        return (
-            f"no model at {name}: not a local directory, and not in the Hugging Face cache "
-            f"(HF_HUB_OFFLINE is set, so the hub was not asked): {cause}"
-        )
-    return (
-        f"no model at {name}: not a local directory, and not loadable from the Hugging Face hub "
-        f"(check the name and the network; HF_HUB_OFFLINE=1 reads only the cache): {cause}"
     )

@@ -32,6 +32,7 @@ from kobart_flax import (
     batching,
     checkpoint,
     distributed,
+    loading,
     optim,
     sharding,
     steps,
@@ -51,7 +52,6 @@ from kobart_flax.config import (
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
-from kobart_flax.pretrained_config import read_pretrained_config
 from kobart_flax.rouge_eval import RougeEvaluator
 from kobart_flax.tokenization import EncodedExample, encode_examples, load_tokenizer
 from kobart_flax.train_batches import TrainBatches
@@ -84,13 +84,7 @@ def build_model(model_config: ModelConfig, tokenizer) -> FlaxBartForConditionalG
     """Pretrained weights if ``model.pretrained`` is set, else a random BART of the given size."""
     dtype = jnp.dtype(model_config.dtype)
     if model_config.pretrained:
-        model = FlaxBartForConditionalGeneration.from_pretrained(model_config.pretrained, dtype)
-        if len(tokenizer) > model.config.vocab_size:
-            raise ConfigError(
-                f"model.tokenizer has {len(tokenizer)} tokens but the model "
-                f"{model_config.pretrained} embeds only {model.config.vocab_size}"
-            )
-        return model
+        return load_saved_model(model_config.pretrained, "model.pretrained", dtype, tokenizer).model
     if model_config.vocab_size < len(tokenizer):
         raise ConfigError(
             f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer "
@@ -225,27 +219,44 @@ def abstract_sharded_state(
     return abstract, state_sharding
 
 
-def pretrained_positions(name_or_path: str) -> int:
-    """``max_position_embeddings`` of a ``model.pretrained``, read from its config alone."""
-    found = read_pretrained_config(name_or_path)
-    if found is None:  # a hub model not in the cache yet: transformers downloads config.json
-        return BartConfig.from_pretrained(name_or_path).max_position_embeddings
-    return int(found["max_position_embeddings"])
+def load_saved_model(
+    source: str,
+    field: str,
+    dtype: jnp.dtype,
+    tokenizer,
+    sharding: jax.sharding.Sharding | None = None,
+    checkpoint_only: bool = False,
+) -> loading.LoadedModel:
+    """The model a config ``field`` names, without its tokenizer (``model.tokenizer`` is the
+    run's); a source that cannot be loaded is a ConfigError naming the field."""
+    try:
+        resolved = loading.resolve_source(source)
+        if checkpoint_only and resolved.kind != loading.CHECKPOINT:
+            raise ConfigError(
+                f"{field}={source}: not an Orbax checkpoint (a run's workdir, its checkpoints/ "
+                "or one step directory in it); start from a saved model with model.pretrained"
+            )
+        loaded = loading.load_model(resolved, dtype, sharding=sharding, with_tokenizer=False)
+    except loading.ModelLoadError as error:
+        raise ConfigError(f"{field}: {error}") from error
+    check_vocabulary(loaded.model, tokenizer, f"{field}={source}")
+    return loaded
 
 
-def model_from_metadata(
-    metadata: dict, dtype: jnp.dtype, tokenizer, params: dict | None = None
-) -> FlaxBartForConditionalGeneration:
-    """The model a checkpoint describes (its BartConfig), without its weights by default."""
-    model = FlaxBartForConditionalGeneration(
-        BartConfig.from_dict(metadata["model_config"]), dtype, params=params or {}
-    )
+def check_vocabulary(model: FlaxBartForConditionalGeneration, tokenizer, origin: str) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
-            f"model.tokenizer has {len(tokenizer)} tokens but the checkpoint's model "
-            f"embeds only {model.config.vocab_size}"
+            f"model.tokenizer has {len(tokenizer)} tokens but the model of {origin} embeds only "
+            f"{model.config.vocab_size}"
         )
-    return model
+
+
+def pretrained_positions(name_or_path: str) -> int:
+    """``max_position_embeddings`` of a ``model.pretrained``, read from its config alone."""
+    try:
+        return loading.read_model_config(name_or_path).max_position_embeddings
+    except loading.ModelLoadError as error:
+        raise ConfigError(f"model.pretrained: {error}") from error
 
 
 @dataclasses.dataclass
@@ -277,7 +288,8 @@ def initialize(
 
     # 1. This run's newest readable checkpoint: continue exactly where it stopped.
     def abstract_state_for(metadata: dict) -> steps.TrainState:
-        model = model_from_metadata(metadata, dtype, tokenizer)
+        model = loading.model_from_metadata(metadata, dtype)
+        check_vocabulary(model, tokenizer, f"the checkpoint in {checkpointer.directory}")
         check_positions(
             config.data,
             model.config.max_position_embeddings,
@@ -287,7 +299,7 @@ def initialize(
 
     restored = checkpointer.restore_newest(abstract_state_for)
     if restored is not None:
-        model = model_from_metadata(restored.metadata, dtype, tokenizer)
+        model = loading.model_from_metadata(restored.metadata, dtype)
         _, state_sharding = abstract_sharded_state(model, optimizer, mesh, seed)
         epoch, batch_in_epoch = resume_position(restored, config, steps_per_epoch, total_steps)
         logger.info(
@@ -310,17 +322,22 @@ def initialize(
 
     # 2. Params of another run: fresh optimizer, step 0.
     if config.train.init_checkpoint:
-        params, metadata = checkpoint.restore_params(
-            config.train.init_checkpoint, sharding=sharding.replicated(mesh)
+        loaded = load_saved_model(
+            config.train.init_checkpoint,
+            "train.init_checkpoint",
+            dtype,
+            tokenizer,
+            sharding=sharding.replicated(mesh),
+            checkpoint_only=True,
         )
-        model = model_from_metadata(metadata, dtype, tokenizer, params=params)
+        model = loaded.model
         check_positions(
             config.data, model.config.max_position_embeddings, config.train.init_checkpoint
         )
         logger.info(
             "initialized the params from %s (step %d)",
             config.train.init_checkpoint,
-            metadata["step"],
+            loaded.metadata["step"],
         )
     else:
         # 3. and 4. Pretrained weights, or random init.

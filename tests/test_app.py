@@ -7,15 +7,15 @@ what the page does with text (token counts, truncation, errors, files), not summ
 import csv
 import re
 import socket
-import sys
-import types
 from pathlib import Path
 
 import gradio as gr
+import jax
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_checkpoint, save_tiny_model
 
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.data_io import DataError, read_articles, read_examples
@@ -24,14 +24,13 @@ from kobart_flax.demo import (
     SUMMARIZER_CACHE_SIZE,
     GenerationControls,
     LoadedModel,
-    ModelUnavailable,
     SummaryService,
     build_demo,
-    load_checkpoint,
     load_model,
     main,
     parse_args,
 )
+from kobart_flax.loading import ModelLoadError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 # One set of settings for every test: each new combination compiles, seconds on a CPU.
@@ -191,37 +190,19 @@ def test_a_bad_file_is_named_without_the_upload_directory(service, tmp_path):
 
 def test_a_missing_quickstart_model_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelUnavailable, match="python train_flax.py --config configs/tiny.py"):
+    with pytest.raises(ModelLoadError, match="python train_flax.py --config configs/tiny.py"):
         load_model(QUICKSTART_MODEL)
     assert main(["--model", str(tmp_path / "no" / "model")]) == 2
+    assert main(["--checkpoint", str(tmp_path / "no" / "checkpoints")]) == 2
 
 
-def test_checkpoint_is_not_available_until_checkpoint_restores(monkeypatch):
-    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", types.ModuleType("checkpoint"))
-    with pytest.raises(ModelUnavailable, match="--checkpoint is not available yet"):
-        load_checkpoint("runs/tiny/checkpoints")
-    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", None)  # cannot be imported
-    with pytest.raises(ModelUnavailable, match="--checkpoint is not available yet"):
-        load_checkpoint("runs/tiny/checkpoints")
-
-
-def test_checkpoint_loads_params_and_tokenizer_through_restore_params(service, monkeypatch):
-    model = service.loaded.model
-    fake = types.ModuleType("checkpoint")
-    fake.restore_params = lambda directory: (model.params, {"model_config": model.config.to_dict()})
-    fake.load_tokenizer = lambda directory: service.loaded.tokenizer
-    monkeypatch.setitem(sys.modules, "kobart_flax.checkpoint", fake)
-    loaded = load_checkpoint("runs/tiny/checkpoints")
-    assert loaded.model.params is model.params
-    assert loaded.model.config.d_model == model.config.d_model
-    assert loaded.source == "runs/tiny/checkpoints"
-
-    def missing(directory):
-        raise RuntimeError(f"{directory}: no such checkpoint directory")
-
-    fake.restore_params = missing
-    with pytest.raises(ModelUnavailable, match="no such checkpoint directory"):
-        load_checkpoint("runs/tiny/checkpoints")
+def test_an_orbax_checkpoint_serves_its_params_and_tokenizer(tmp_path):
+    saved = save_tiny_checkpoint(tmp_path / "run")
+    loaded = load_model(str(tmp_path / "run" / "checkpoints"))
+    assert loaded.source == str(tmp_path / "run" / "checkpoints")
+    assert loaded.model.config.d_model == saved.config.d_model
+    jax.tree.map(np.testing.assert_array_equal, loaded.model.params, saved.params)
+    assert loaded.tokenizer("요약", add_special_tokens=False)["input_ids"]
 
 
 def test_the_server_binds_localhost_unless_told_otherwise():

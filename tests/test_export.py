@@ -214,7 +214,7 @@ def test_overwrite_keeps_the_previous_export_when_the_checkpoint_is_bad(tmp_path
     argv = ["--checkpoint", str(tmp_path / "typo"), "--output", str(output), "--overwrite"]
     with caplog.at_level(logging.ERROR):
         assert export_pt.main(argv) == 2
-    assert "no such checkpoint directory" in caplog.text
+    assert f"no model at {tmp_path / 'typo'}: no such directory" in caplog.text
     assert (output / "old.bin").read_text() == "previous weights"
 
 
@@ -269,7 +269,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, caplog):
             ["--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
         )
     assert code == 2
-    assert "no such checkpoint directory" in caplog.text
+    assert f"no model at {tmp_path / 'nope'}: no such directory" in caplog.text
     assert not (tmp_path / "o").exists()
 
 

@@ -11,6 +11,7 @@ from tiny_models import save_tiny_model
 import predict
 from kobart_flax import FlaxBartForConditionalGeneration, demo, korean_rouge
 from kobart_flax.data_io import read_examples
+from kobart_flax.loading import ModelLoadError
 from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
 
@@ -90,7 +91,7 @@ def test_a_mistyped_model_path_is_one_line_naming_it(model_dir, tmp_path, caplog
             assert predict.main(["--model", model, "--text", "짧은 기사입니다."]) == 2, model
         (message,) = error_lines(caplog)
         assert reason in message and "\n" not in message, message
-        with pytest.raises(demo.ModelUnavailable, match=reason):
+        with pytest.raises(ModelLoadError, match=reason):
             demo.load_model(model)
 
 
@@ -104,7 +105,7 @@ def test_a_hub_name_out_of_reach_is_one_line_naming_the_offline_switch(caplog, m
     (message,) = error_lines(caplog)
     assert message.startswith("no model at tpyo/kobart-base: not a local directory"), message
     assert "HF_HUB_OFFLINE" in message and "\n" not in message, message
-    with pytest.raises(demo.ModelUnavailable, match="HF_HUB_OFFLINE"):
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         demo.load_model("tpyo/kobart-base")
 
 

@@ -75,3 +75,28 @@ def save_tiny_model(directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_tiny_checkpoint(workdir: Path, step: int = 1) -> FlaxBartForConditionalGeneration:
+    """A random tiny model saved as step ``step`` of ``workdir``/checkpoints, as training saves
+    it (with the sample tokenizer beside the steps); returns the model."""
+    import jax
+    import optax
+
+    from kobart_flax import checkpoint, steps
+    from kobart_flax.config import TrainConfig
+
+    tokenizer = load_tokenizer(str(SAMPLE_TOKENIZER))
+    model = FlaxBartForConditionalGeneration(tiny_kobart_config(len(tokenizer)), seed=3)
+    state = steps.create_train_state(model.params, optax.sgd(0.1), jax.random.key(0))
+    directory = checkpoint.checkpoint_dir(workdir)
+    with checkpoint.TrainCheckpointer(directory, TrainConfig()) as saver:
+        saver.save_tokenizer(tokenizer)
+        saver.save(
+            step,
+            state,
+            data_iterator={},
+            history={"train_losses": [], "evaluations": []},
+            metadata={"model_config": model.config.to_dict()},
+        )
+    return model
