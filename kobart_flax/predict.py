@@ -29,6 +29,7 @@ from kobart_flax.metrics import TOKENIZATIONS, rouge
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, ModelNotFoundError
 from kobart_flax.summarize import (
     Summarizer,
+    all_devices_mesh,
     check_max_length,
     check_max_source_length,
     default_max_source_length,
@@ -163,6 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         settings,
         batch_size=args.batch_size,
         max_source_length=max_source_length,
+        # Each batch split over all the devices, not generated on the first alone.
+        mesh=all_devices_mesh(),
     )
     texts = [example.news for example in examples]
     truncated = summarizer.count_truncated(texts)

@@ -83,6 +83,12 @@ def default_max_source_length(tokenizer, module: BartForConditionalGenerationMod
     return given if isinstance(given, int) and MIN_SOURCE_LENGTH <= given <= limit else limit
 
 
+def all_devices_mesh() -> Mesh | None:
+    """Every device of every host as a data mesh (params replicated, batches split), or None
+    on a single device, where generation needs no mesh."""
+    return sharding.make_data_mesh() if jax.device_count() > 1 else None
+
+
 class Summarizer:
     """Batched, jitted summarization with one model and one set of generation settings."""
 

@@ -453,6 +453,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
                 tokenizer,
                 config,
                 raw_eval_examples,
+                mesh,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
             )
@@ -541,8 +542,8 @@ def _train_loop(
             batches = itertools.islice(batches, train_config.eval_max_batches)
         metrics = {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
         if rouge_evaluator is not None and rouge_evaluator.due(step, total_steps):
-            # Each host generates its share of the sample alone, on a whole copy of the params.
-            metrics.update(rouge_evaluator(sharding.local_replica(params, mesh)))
+            # Over the whole mesh, the params left in their training shardings.
+            metrics.update(rouge_evaluator(params))
         return metrics
 
     def epoch_batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
