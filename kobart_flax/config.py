@@ -124,6 +124,14 @@ class TrainConfig:
     # With checkpoints in <workdir>/checkpoints but none readable, a run stops with an error
     # naming them; true moves them to checkpoints/corrupted/ and starts over from step 0.
     restart_if_unreadable: bool = False
+    # A jax.profiler trace of profile_steps steps from step profile_start (1-based; later than
+    # the first steps, which compile) into <workdir>/tensorboard/plugins/profile; 0 = off.
+    profile_steps: int = 0
+    profile_start: int = 3
+    # JAX's persistent compilation cache, so a resumed run skips its compiles: "" =
+    # <workdir>/compile_cache, "none" = off, else a directory (local or gs://; a pod's hosts
+    # may share one).
+    compile_cache_dir: str = ""
 
 
 @dataclass
@@ -519,6 +527,7 @@ def _check_train(
         "rouge_every",
         "rouge_examples",
         "early_stopping_patience",
+        "profile_steps",
     ):
         if getattr(train, name) < 0:
             problems.append(f"train.{name}={getattr(train, name)}: must be >= 0")
@@ -539,6 +548,10 @@ def _check_train(
     if train.early_stopping_patience and not train.eval_every:
         problems.append(
             "train.early_stopping_patience: needs train.eval_every > 0 (it counts evaluations)"
+        )
+    if train.profile_start < 1:
+        problems.append(
+            f"train.profile_start={train.profile_start}: must be >= 1 (steps count from 1)"
         )
     if train.init_checkpoint is not None and not train.init_checkpoint.strip():
         problems.append("train.init_checkpoint: must be None or a checkpoint directory")

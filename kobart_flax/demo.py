@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from transformers import BartConfig
 
+from kobart_flax import compile_cache
 from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import Example, read_csv_articles, read_examples
 from kobart_flax.predict import write_predictions
@@ -441,6 +442,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="requests generating at once per tab; more only helps with spare accelerator memory",
     )
+    compile_cache.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -448,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
+    # A restarted demo loads its warm-up's programs instead of compiling them again.
+    compile_cache.enable(args.compile_cache)
     try:
         if args.checkpoint:
             loaded = load_checkpoint(args.checkpoint, args.dtype)

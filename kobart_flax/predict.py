@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from etils import epath
 from tqdm import tqdm
 
+from kobart_flax import compile_cache
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics import TOKENIZATIONS, rouge
@@ -102,6 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--tokenization", choices=TOKENIZATIONS, default="mecab")
     parser.add_argument("--bad-rows", choices=("error", "skip"), default="error")
+    compile_cache.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -141,6 +143,7 @@ def read_input(args: argparse.Namespace) -> list[Example]:
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
+    compile_cache.enable(args.compile_cache)
     examples = read_input(args)
     model = FlaxBartForConditionalGeneration.from_pretrained(args.model, jnp.dtype(args.dtype))
     tokenizer = load_tokenizer(args.tokenizer or args.model)
