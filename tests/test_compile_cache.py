@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
+from gcs_emulator import BUCKET
 
 from kobart_flax import compile_cache
 
@@ -77,3 +79,15 @@ def test_predict_and_the_demo_cache_per_user_unless_the_environment_says():
     assert compile_cache.user_directory({"XDG_CACHE_HOME": "/xdg"}) == "/xdg/kobart_flax/jax"
     given = {"KOBART_FLAX_COMPILE_CACHE": "gs://b/jax", "XDG_CACHE_HOME": "/xdg"}
     assert compile_cache.user_directory(given) == "gs://b/jax"
+
+
+@pytest.mark.slow  # a GCS emulator process
+def test_a_gs_directory_serves_a_pod_from_the_bucket(gcs_emulator, cache_hits):
+    directory = f"gs://{BUCKET}/run/compile_cache"
+    compile_cache.enable(directory)
+
+    compile_and_run(4.5)
+    assert list(epath.Path(directory).iterdir()), "written to the bucket"
+    compile_and_run(4.5)
+
+    assert len(cache_hits) == 1
