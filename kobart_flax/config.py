@@ -269,6 +269,14 @@ class TrainConfig:
     # With checkpoints in <workdir>/checkpoints but none readable, a run stops with an error
     # naming them; true moves them to checkpoints/corrupted/ and starts over from step 0.
     restart_if_unreadable: bool = False
+    # A jax.profiler trace of profile_steps steps from step profile_start (1-based; later than
+    # the first steps, which compile) into <workdir>/tensorboard/plugins/profile; 0 = off.
+    profile_steps: int = 0
+    profile_start: int = 3
+    # JAX's persistent compilation cache, so a resumed run skips its compiles: "" =
+    # <workdir>/compile_cache, "none" = off, else a directory (local or gs://; a pod's hosts
+    # may share one).
+    compile_cache_dir: str = ""
 
     def eval_metric_names(self) -> tuple[str, ...]:
         """What an evaluation reports; ``best_metric`` must be one of these."""
@@ -302,6 +310,7 @@ class TrainConfig:
             "rouge_every",
             "rouge_examples",
             "early_stopping_patience",
+            "profile_steps",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name}={getattr(self, name)}: must be >= 0")
@@ -319,6 +328,10 @@ class TrainConfig:
         if self.early_stopping_patience and not self.eval_every:
             problems.append(
                 "train.early_stopping_patience: needs train.eval_every > 0 (it counts evaluations)"
+            )
+        if self.profile_start < 1:
+            problems.append(
+                f"train.profile_start={self.profile_start}: must be >= 1 (steps count from 1)"
             )
         if self.init_checkpoint is not None and not self.init_checkpoint.strip():
             problems.append("train.init_checkpoint: must be None or a checkpoint directory")

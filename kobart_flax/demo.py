@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import jax
 
+from kobart_flax import compile_cache
 from kobart_flax.batching import pick_bucket
 from kobart_flax.data_io import read_articles, read_examples
 from kobart_flax.loading import LoadedModel, ModelLoadError
@@ -395,6 +396,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="requests generating at once per tab; more only helps with spare accelerator memory",
     )
+    compile_cache.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -402,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     args = parse_args(argv)
+    # A restarted demo loads its warm-up's programs instead of compiling them again.
+    compile_cache.enable(args.compile_cache)
     try:
         loaded = load_model(args.checkpoint or args.model, args.dtype)
     except ModelLoadError as error:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from etils import epath
 from tqdm import tqdm
 
-from kobart_flax import storage
+from kobart_flax import compile_cache, storage
 from kobart_flax.config import DecodingConfig
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.korean_rouge import TOKENIZATIONS, rouge
@@ -31,6 +31,7 @@ from kobart_flax.loading import ModelLoadError, check_hub_name, first_line, load
 from kobart_flax.log_setup import setup_logging
 from kobart_flax.summarize import (
     Summarizer,
+    all_devices_mesh,
     check_max_length,
     check_max_source_length,
     default_max_source_length,
@@ -108,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--tokenization", choices=TOKENIZATIONS, default="mecab")
     parser.add_argument("--bad-rows", choices=("error", "skip"), default="error")
+    compile_cache.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -157,6 +159,7 @@ def tokenizer_flag(name: str):
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Summarize ``args.input``; returns ROUGE of the model and of the baseline, if scored."""
+    compile_cache.enable(args.compile_cache)
     examples = read_input(args)
     loaded = load_model(args.model, args.dtype, with_tokenizer=args.tokenizer is None)
     model = loaded.model
@@ -181,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         settings,
         batch_size=args.batch_size,
         max_source_length=max_source_length,
+        # Each batch split over all the devices, not generated on the first alone.
+        mesh=all_devices_mesh(),
     )
     texts = [example.news for example in examples]
     truncated = summarizer.count_truncated(texts)

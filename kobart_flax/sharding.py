@@ -349,6 +349,33 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def batch_shard_count(mesh: Mesh) -> int:
+    """How many ways :func:`batch_sharding` splits a batch: mesh.data x mesh.fsdp."""
+    sizes = axis_sizes_of(mesh)
+    return math.prod(sizes[axis] for axis in BATCH_AXES)
+
+
+def place(tree, shardings):
+    """Every leaf of ``tree`` with the sharding of ``shardings`` (a matching tree, or one
+    sharding for all leaves), on every host.
+
+    Host arrays must be the same on every process (each host cuts out the shards its devices
+    hold); device arrays already laid out so are used as they are.
+    """
+
+    def put(leaf, leaf_sharding):
+        if isinstance(leaf, jax.Array):
+            if leaf.sharding.is_equivalent_to(leaf_sharding, leaf.ndim):
+                return leaf
+            return jax.device_put(leaf, leaf_sharding)
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, leaf_sharding, lambda index: leaf[index])
+
+    if isinstance(shardings, NamedSharding):
+        return jax.tree.map(lambda leaf: put(leaf, shardings), tree)
+    return jax.tree.map(put, tree, shardings)
+
+
 def batch_shards_by_process(grid: np.ndarray) -> dict[int, set[int]]:
     """The batch shards (0 .. data x fsdp - 1) that each process's devices hold.
 

@@ -4,19 +4,27 @@ Sources are tokenized as in training (``<s> text </s>``, truncated), sorted long
 first, padded to a bucket length and a full batch (so the compiled programs are bounded
 by the number of buckets), generated with :func:`kobart_flax.generation.generate`, and
 returned in the input order.
+
+Given a mesh, each batch is split over its batch axes (data x fsdp) and the params stay in
+the shardings training gives them, so every device of every host generates a share of the
+rows; the tokens come back whole on every host. All hosts must then call
+:meth:`Summarizer.summarize` with the same texts: a batch is a collective.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from kobart_flax import sharding
 from kobart_flax.batching import pick_bucket
-from kobart_flax.generation import GenerationSettings, generate_jit
+from kobart_flax.generation import GenerationSettings, generate, generate_jit
 from kobart_flax.modeling import BartForConditionalGenerationModule
 from kobart_flax.positions import POSITION_OFFSET, usable_positions
 
@@ -77,6 +85,12 @@ def default_max_source_length(tokenizer, module: BartForConditionalGenerationMod
     return given if isinstance(given, int) and MIN_SOURCE_LENGTH <= given <= limit else limit
 
 
+def all_devices_mesh() -> Mesh | None:
+    """Every device of every host as a data mesh (params replicated, batches split), or None
+    on a single device, where generation needs no mesh."""
+    return sharding.make_data_mesh() if jax.device_count() > 1 else None
+
+
 class Summarizer:
     """Batched, jitted summarization with one model and one set of generation settings."""
 
@@ -89,17 +103,50 @@ class Summarizer:
         batch_size: int = 16,
         max_source_length: int = 512,
         source_buckets: Sequence[int] = DEFAULT_SOURCE_BUCKETS,
+        mesh: Mesh | None = None,
     ):
+        """``mesh``: generate over all its devices (see the module docstring); None: on the
+        default device, with params wherever they are. With a mesh, ``batch_size`` is rounded
+        up to a multiple of its batch shards, so each device gets whole rows."""
         check_max_source_length(max_source_length, module)
         check_max_length(settings.max_length, module)
         self.tokenizer = tokenizer
         self.settings = settings
+        self.mesh = mesh
         self.batch_size = batch_size
+        if mesh is not None:
+            shards = sharding.batch_shard_count(mesh)
+            self.batch_size = -(-batch_size // shards) * shards
         self.max_source_length = max_source_length
         self.source_buckets = tuple(b for b in source_buckets if b < max_source_length) + (
             max_source_length,
         )
-        self._generate = functools.partial(generate_jit, module, settings=settings)
+        self._module = module
+        # One device: the shared jit of generate. A mesh needs its own program, compiled
+        # for the params' training shardings (see _sharded_generate).
+        self._generate = (
+            None if mesh is not None else functools.partial(generate_jit, module, settings=settings)
+        )
+        # The params' shardings the sharded program was compiled for: see _sharded_generate.
+        self._param_shardings = None
+
+    def _generate_fn(self, params, input_ids, attention_mask):
+        return generate(self._module, params, input_ids, attention_mask, self.settings)
+
+    def _sharded_generate(self, params):
+        """(params placed on the mesh as training shards them, the program taking them)."""
+        param_shardings = sharding.state_shardings(params, self.mesh)
+        if self._generate is None or param_shardings != self._param_shardings:
+            rows = sharding.batch_sharding(self.mesh)
+            self._generate = jax.jit(
+                self._generate_fn,
+                in_shardings=(param_shardings, rows, rows),
+                # [B, L] int32 tokens, small: gathered in the program onto every device, so
+                # every host reads every summary without a further collective.
+                out_shardings=sharding.replicated(self.mesh),
+            )
+            self._param_shardings = param_shardings
+        return sharding.place(params, param_shardings), self._generate
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """``<s> text </s>`` ids, truncated to ``max_source_length`` keeping ``</s>``."""
@@ -123,13 +170,39 @@ class Summarizer:
         progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
         """Summaries in the order of ``texts``; ``progress(done, total)`` after each batch."""
+        summaries: list[str] = [""] * len(texts)
+        done = 0
+        for rows, sequences in self._generated_batches(params, texts):
+            decoded = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+            for row, summary in zip(rows, decoded, strict=True):
+                summaries[row] = summary.strip()
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(texts))
+        return summaries
+
+    def generate_tokens(self, params: dict, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), max_length] tokens (start token first, padding after ``</s>``) in
+        the order of ``texts``: what :meth:`summarize` decodes."""
+        tokens = np.zeros((len(texts), self.settings.max_length), np.int32)
+        for rows, sequences in self._generated_batches(params, texts):
+            tokens[rows] = sequences
+        return tokens
+
+    def _generated_batches(
+        self, params: dict, texts: Sequence[str]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices into ``texts``, their [rows, max_length] tokens) per batch, longest
+        sources first."""
         for index, text in enumerate(texts):
             if not text.strip():
                 raise ValueError(f"text {index} is empty")
         encoded = self.encode(texts)
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")
-        summaries: list[str] = [""] * len(texts)
         pad = self.tokenizer.pad_token_id
+        generate_batch = self._generate
+        if self.mesh is not None:
+            params, generate_batch = self._sharded_generate(params)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             length = pick_bucket(max(len(encoded[i]) for i in rows), self.source_buckets)
@@ -139,14 +212,11 @@ class Summarizer:
             for slot, row in enumerate(rows):
                 input_ids[slot, : len(encoded[row])] = encoded[row]
                 attention_mask[slot, : len(encoded[row])] = 1
-            sequences = np.asarray(
-                self._generate(params, jnp.asarray(input_ids), jnp.asarray(attention_mask))
-            )
-            texts_out = self.tokenizer.batch_decode(
-                sequences[: len(rows)], skip_special_tokens=True
-            )
-            for row, summary in zip(rows, texts_out, strict=True):
-                summaries[row] = summary.strip()
-            if progress is not None:
-                progress(min(start + self.batch_size, len(order)), len(order))
-        return summaries
+            if self.mesh is None:
+                input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
+            else:
+                rows_sharding = sharding.batch_sharding(self.mesh)
+                input_ids = sharding.place(input_ids, rows_sharding)
+                attention_mask = sharding.place(attention_mask, rows_sharding)
+            sequences = np.asarray(generate_batch(params, input_ids, attention_mask))
+            yield rows, sequences[: len(rows)]

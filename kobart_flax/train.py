@@ -31,6 +31,7 @@ from transformers import BartConfig
 from kobart_flax import (
     batching,
     checkpoint,
+    compile_cache,
     distributed,
     loading,
     optim,
@@ -52,9 +53,10 @@ from kobart_flax.config import (
 from kobart_flax.data_io import DataError, Example, read_examples
 from kobart_flax.metrics_logger import MetricsLogger
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration, init_params
+from kobart_flax.profiling import StepTrace
 from kobart_flax.rouge_eval import RougeEvaluator
 from kobart_flax.tokenization import EncodedExample, encode_examples, load_tokenizer
-from kobart_flax.train_batches import TrainBatches
+from kobart_flax.train_batches import TrainBatches, global_batches
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +390,10 @@ def train_and_evaluate(config: Config) -> TrainResult:
 
 def _train_and_evaluate(config: Config) -> TrainResult:
     train_config, data_config = config.train, config.data
+    # Before the first compile: a resumed run loads the programs its first start compiled.
+    compile_cache.enable(
+        compile_cache.training_directory(train_config.workdir, train_config.compile_cache_dir)
+    )
     tokenizer = load_tokenizer(config.model.tokenizer, config.model.special_tokens)
     if config.model.pretrained:
         # Validation could check these only if the model's config.json was already here.
@@ -454,6 +460,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
                 tokenizer,
                 config,
                 raw_eval_examples,
+                mesh,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
             )
@@ -542,8 +549,8 @@ def _train_loop(
             batches = itertools.islice(batches, train_config.eval_max_batches)
         metrics = {EVAL_LOSS: evaluation_loss(eval_step, params, batches, mesh)}
         if rouge_evaluator is not None and rouge_evaluator.due(step, total_steps):
-            # Each host generates its share of the sample alone, on a whole copy of the params.
-            metrics.update(rouge_evaluator(sharding.local_replica(params, mesh)))
+            # Over the whole mesh, the params left in their training shardings.
+            metrics.update(rouge_evaluator(params))
         return metrics
 
     def epoch_batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
@@ -592,16 +599,25 @@ def _train_loop(
         total_steps = step
     if step >= total_steps:
         logger.info("training already finished: checkpoint step %d of %d", step, total_steps)
-    with MetricsLogger(
-        train_config.workdir, enabled=process_index == 0, total_steps=total_steps
-    ) as metrics_logger:
+    with (
+        MetricsLogger(
+            train_config.workdir, enabled=process_index == 0, total_steps=total_steps
+        ) as metrics_logger,
+        StepTrace(
+            train_config.workdir, train_config.profile_start, train_config.profile_steps
+        ) as step_trace,
+    ):
         metrics_logger.log_hparams(config_to_dict(config))
         while step < total_steps and not preempted:
-            batches = prefetched(epoch_batches(epoch, batch_in_epoch), data_config.prefetch)
+            batches = prefetched(
+                global_batches(epoch_batches(epoch, batch_in_epoch), mesh), data_config.prefetch
+            )
             with contextlib.closing(batches):
-                for local_batch in batches:
-                    state, metrics = train_step(state, sharding.global_batch(local_batch, mesh))
+                for batch in batches:
+                    step_trace.before_step(step + 1)
+                    state, metrics = train_step(state, batch)
                     step += 1
+                    step_trace.after_step(step, metrics)
                     batch_in_epoch += 1
                     # Metrics stay on device until a log step, so the host never waits per step.
                     pending.append(metrics)

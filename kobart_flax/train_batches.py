@@ -7,11 +7,12 @@ position means the same thing for both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import jax
 import numpy as np
 
-from kobart_flax import batching, packing
+from kobart_flax import batching, packing, sharding
 from kobart_flax.config import DataConfig
 from kobart_flax.tokenization import EncodedExample
 
@@ -93,3 +94,15 @@ class TrainBatches:
             **ids,
             **self.hosts,
         )
+
+
+def global_batches(
+    local_batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
+) -> Iterator[dict[str, jax.Array]]:
+    """Each host's slices as global arrays sharded over the mesh's batch axes, on the devices.
+
+    Run inside :func:`kobart_flax.batching.prefetch`, the host-to-device copies happen in its
+    thread while the devices run earlier steps, so the training loop only dispatches steps.
+    """
+    for local_batch in local_batches:
+        yield sharding.global_batch(local_batch, mesh)

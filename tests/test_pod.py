@@ -149,7 +149,7 @@ def test_pod_rouge_covers_the_whole_sample_once(train_args, tmp_path):
         assert metrics["pod"][name] == pytest.approx(metrics["one_device"][name], rel=1e-6)
     assert 0.0 < metrics["pod"]["rouge1"] < 1.0
     log = (tmp_path / "pod" / "logs" / "process_0.log").read_text(encoding="utf-8")
-    assert "ROUGE on 13 eval examples (7 generated on this host)" in log
+    assert "ROUGE on 13 eval examples (generated over 4 devices, 7 scored on this host)" in log
 
 
 def test_packed_rows_on_a_pod_give_the_one_device_losses(train_args, tmp_path):
