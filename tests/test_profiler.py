@@ -6,7 +6,8 @@ import pytest
 from tiny_models import SAMPLE, tiny_run_overrides, write_slice
 
 from kobart_flax import compile_cache
-from kobart_flax.config import ConfigError, apply_overrides, load_config, validate
+from kobart_flax.config import ConfigError, validate
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.profiling import StepTrace
 from kobart_flax.train import train_and_evaluate
 
