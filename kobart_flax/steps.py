@@ -72,6 +72,19 @@ def summed_loss(
     return jnp.sum(losses * weights), jnp.sum(weights)
 
 
+def strided_micro_batches(x: jax.Array, accum_steps: int) -> jax.Array:
+    """Split a global batch so that row r goes to micro-batch r % accum_steps.
+
+    The batch is sharded in contiguous blocks of rows, one block per data shard. Taking
+    every accum_steps-th row gives each micro-batch the same number of rows from every
+    shard, already where they live; contiguous micro-batches would put each one on a
+    subset of the devices and make XLA move rows between them every step.
+    """
+    # [batch, ...] --> [batch / accum, accum, ...] --> [accum, batch / accum, ...]
+    rows = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
+    return jnp.swapaxes(rows, 0, 1)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -106,11 +119,7 @@ def train_step(
         grad_acc = jax.tree.map(jnp.add, grad_acc, grads)
         return (grad_acc, loss_acc + loss_sum, token_acc + tokens), None
 
-    # [batch, ...] --> [accum, batch / accum, ...]
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
-        batch,
-    )
+    micro_batches = jax.tree.map(lambda x: strided_micro_batches(x, grad_accum_steps), batch)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     (grad_sum, loss_sum, tokens), _ = jax.lax.scan(
         micro_batch_grads,

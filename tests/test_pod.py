@@ -206,3 +206,14 @@ def test_a_dead_process_takes_the_others_down_with_one_line(train_args, tmp_path
             in last_line
         ), log[-3000:]
         assert "Check failure stack trace" not in log
+
+
+def test_pod_accumulation_equals_one_device_stepping_over_the_whole_batch(train_args, tmp_path):
+    """4 hosts x 4 devices, 32 rows a step in 2 micro-batches of 16 (one row per device
+    each) against one device taking all 32 at once."""
+    args = [*train_args, "train.batch_size=32", "mesh.data=16"]
+    accumulated = train(tmp_path / "accumulated", 4, 4, [*args, "train.grad_accum_steps=2"])
+    whole_batch = train(tmp_path / "whole_batch", 1, 1, [*args, "mesh.data=1"])
+
+    np.testing.assert_allclose(accumulated, whole_batch, rtol=1e-5)
+    assert len(set(accumulated[:STEPS])) == STEPS

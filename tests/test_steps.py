@@ -76,6 +76,55 @@ def test_gradient_accumulation_equals_one_big_batch(model):
     assert int(new_accumulated.step) == 1
 
 
+def test_micro_batch_k_takes_every_accum_th_row():
+    rows = np.arange(12)[:, None] * np.ones((1, 3), np.int32)  # [12, 3], row r full of r
+    micro = np.asarray(steps.strided_micro_batches(jnp.asarray(rows), 3))
+    assert micro.shape == (3, 4, 3)
+    np.testing.assert_array_equal(micro[:, :, 0], [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
+
+
+def sharded_step(model, mesh, grad_accum_steps):
+    state, step = make_step(model, grad_accum_steps=grad_accum_steps)
+    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+    )
+    return jax.device_put(state, state_sharding), jitted
+
+
+@pytest.mark.parametrize("grad_accum_steps", [2, 4])
+def test_accumulation_on_two_devices_equals_one_step_over_the_batch(model, grad_accum_steps):
+    mesh = sharding.make_data_mesh(jax.devices()[:2])
+    batch = sharding.global_batch(make_batch(batch_size=8), mesh)
+    state, step_once = sharded_step(model, mesh, 1)
+    _, step_accumulated = sharded_step(model, mesh, grad_accum_steps)
+    new_once, metrics_once = step_once(state, batch)
+    new_accumulated, metrics_accumulated = step_accumulated(state, batch)
+    for name in ("loss", "target_tokens"):
+        np.testing.assert_allclose(metrics_once[name], metrics_accumulated[name], rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics_once["grad_norm"], metrics_accumulated["grad_norm"], rtol=1e-5
+    )
+    for a, b in zip(
+        jax.tree.leaves(new_once.params), jax.tree.leaves(new_accumulated.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_micro_batches_stay_on_the_devices_that_hold_their_rows(model):
+    """Each device's rows feed every micro-batch, so accumulating moves no batch data: the
+    only collective in the compiled step is the all-reduce of the gradients and metrics."""
+    mesh = sharding.make_data_mesh(jax.devices()[:2])
+    batch = sharding.global_batch(make_batch(batch_size=8), mesh)
+    state, step = sharded_step(model, mesh, 4)
+    compiled = step.lower(state, batch).compile().as_text()
+    assert "all-reduce" in compiled
+    for data_movement in ("all-to-all", "all-gather", "collective-permute"):
+        assert data_movement not in compiled, data_movement
+
+
 def test_loss_ignores_padding_positions(model):
     batch = make_batch()
     altered = {name: array.copy() for name, array in batch.items()}
