@@ -21,6 +21,8 @@ from kobart_flax.positions import POSITION_OFFSET, usable_positions
 from kobart_flax.pretrained_config import read_pretrained_config
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# model.attention: the kernels of kobart_flax.attention, and "auto" for the platform's choice.
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 BEST_MODES = ("min", "max")
 # The device mesh's axes, outermost first; MeshConfig has a size for each.
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -59,6 +61,9 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     dtype: str = "float32"  # compute dtype: "float32" | "bfloat16"; params stay float32
+    # The attention kernel (kobart_flax.attention): "auto" = cuDNN on a GPU in bfloat16,
+    # splash on a TPU, xla elsewhere; "xla" | "cudnn" | "splash" to choose.
+    attention: str = "auto"
     # The tokenizer's special tokens, as "bos=<s>,eos=</s>,pad=<pad>,unk=<unk>" (any subset):
     # for mirrors that ship an empty special_tokens_map.json. "" = the tokenizer's own, and
     # KoBART's tokens (with a warning) for those it lacks (kobart_flax.tokenization).
@@ -130,6 +135,10 @@ class ModelConfig:
                 problems.append(f"model.{name}={rate}: must be in [0, 1)")
         if self.dtype not in COMPUTE_DTYPES:
             problems.append(f"model.dtype={self.dtype!r}: must be one of {COMPUTE_DTYPES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            problems.append(
+                f"model.attention={self.attention!r}: must be one of {ATTENTION_IMPLEMENTATIONS}"
+            )
         try:
             parse_special_tokens(self.special_tokens)
         except ConfigError as error:

@@ -10,9 +10,12 @@ linen ``cache`` collection that generation code threads through ``apply``, and t
 train state stays a pytree of plain arrays that ``jax.jit`` shardings and Orbax handle
 directly.
 
-Masks are boolean ``[batch, 1, q_len, kv_len]`` arrays (True = may attend). Packed rows
+Masks are :class:`kobart_flax.attention.AttentionMask` s: a boolean ``[batch, 1, q_len,
+kv_len]`` array (True = may attend) and the segment ids the splash kernel reads. Packed rows
 are supported through per-token segment ids: tokens only see tokens of their own
-segment, and positions restart at every segment start.
+segment, and positions restart at every segment start. ``attention`` names the kernel
+(:mod:`kobart_flax.attention`); in bfloat16, attention scores, LayerNorm statistics and the
+logits stay float32.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kobart_flax.attention import AttentionMask, dot_product_attention
 from kobart_flax.positions import POSITION_OFFSET
 
 LAYER_NORM_EPS = 1e-5
@@ -82,41 +86,20 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     return index - segment_start
 
 
-def attention_mask_2d(
-    query_segments: jax.Array | None,
-    key_segments: jax.Array | None,
-    key_padding: jax.Array | None,
-    causal: bool,
-    query_length: int,
-    key_length: int,
-) -> jax.Array:
-    """Combine key padding, segment and causal constraints into one boolean mask.
-
-    Returns [batch or 1, 1, query_length, key_length] (True = may attend).
-    """
-    mask = jnp.ones((1, 1, query_length, key_length), bool)
-    if key_padding is not None:
-        mask = mask & key_padding.astype(bool)[:, None, None, :]
-    if query_segments is not None and key_segments is not None:
-        mask = mask & (query_segments[:, None, :, None] == key_segments[:, None, None, :])
-    if causal:
-        mask = mask & (jnp.arange(query_length)[:, None] >= jnp.arange(key_length)[None, :])
-    return mask
-
-
 class BartAttention(nn.Module):
     embed_dim: int
     num_heads: int
     dropout: float
     init_std: float
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"  # a resolved kobart_flax.attention implementation
 
     @nn.compact
     def __call__(
         self,
         hidden_states: jax.Array,
         key_value_states: jax.Array | None = None,
-        mask: jax.Array | None = None,
+        mask: AttentionMask | None = None,
         deterministic: bool = True,
         decode: bool = False,
         cache_length: int | None = None,
@@ -169,22 +152,26 @@ class BartAttention(nn.Module):
             # [sources * beams, q, heads, head_dim] --> [sources, beams * q, heads, head_dim]
             query = query.reshape((sources, -1) + query.shape[2:])
 
-        # Softmax in float32: bfloat16 logits over long inputs lose the small weights.
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(self.dtype)
-        scores = scores.astype(jnp.float32)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+        dropout = None
+        if not deterministic and self.dropout > 0.0:
 
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+            def dropout(weights: jax.Array) -> jax.Array:
+                return nn.Dropout(self.dropout)(weights, deterministic=False)
+
+        # Decode steps read a cache one query at a time: the fused kernels save nothing.
+        implementation = "xla" if decode else self.attention
+        attended = dot_product_attention(query, key, value, mask, implementation, dropout)
         # [batch, length, heads, head_dim] --> [rows, length, embed], beams unfolded again
         attended = attended.reshape((rows, query_length, self.embed_dim))
         return projection("out_proj")(attended)
 
     def _extend_cache(
-        self, key: jax.Array, value: jax.Array, mask: jax.Array | None, cache_length: int | None
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        self,
+        key: jax.Array,
+        value: jax.Array,
+        mask: AttentionMask | None,
+        cache_length: int | None,
+    ) -> tuple[jax.Array, jax.Array, AttentionMask | None]:
         """Write this step's keys/values into the cache; attend to everything written so far.
 
         The first decode call creates the cache, ``cache_length`` long (default: as long as
@@ -220,16 +207,19 @@ class BartAttention(nn.Module):
         causal = query_positions[:, None] >= jnp.arange(max_length)[None, :]
         step_mask = causal[None, None, :, :]
         if mask is not None:
-            step_mask = step_mask & mask
-        return full_key, full_value, step_mask
+            step_mask = step_mask & mask.dense
+        return full_key, full_value, AttentionMask(step_mask)
 
 
 class BartEncoderLayer(nn.Module):
     spec: BartSpec
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
-    def __call__(self, hidden_states: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, hidden_states: jax.Array, mask: AttentionMask, deterministic: bool
+    ) -> jax.Array:
         spec = self.spec
         attention = BartAttention(
             spec.d_model,
@@ -237,6 +227,7 @@ class BartEncoderLayer(nn.Module):
             spec.attention_dropout,
             spec.init_std,
             self.dtype,
+            self.attention,
             name="self_attn",
         )
         attended = attention(hidden_states, mask=mask, deterministic=deterministic)
@@ -249,14 +240,15 @@ class BartEncoderLayer(nn.Module):
 class BartDecoderLayer(nn.Module):
     spec: BartSpec
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(
         self,
         hidden_states: jax.Array,
         encoder_hidden_states: jax.Array,
-        self_mask: jax.Array | None,
-        cross_mask: jax.Array | None,
+        self_mask: AttentionMask | None,
+        cross_mask: AttentionMask,
         deterministic: bool,
         decode: bool,
         cache_length: int | None,
@@ -270,6 +262,7 @@ class BartDecoderLayer(nn.Module):
                 spec.attention_dropout,
                 spec.init_std,
                 self.dtype,
+                self.attention,
                 name=name,
             )
 
@@ -335,13 +328,13 @@ class LayerStack(nn.Module):
     num_layers: int
     spec: BartSpec
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, *args) -> jax.Array:
         for index in range(self.num_layers):
-            hidden_states = self.layer_class(self.spec, self.dtype, name=str(index))(
-                hidden_states, *args
-            )
+            layer = self.layer_class(self.spec, self.dtype, self.attention, name=str(index))
+            hidden_states = layer(hidden_states, *args)
         return hidden_states
 
 
@@ -349,6 +342,7 @@ class BartEncoder(nn.Module):
     spec: BartSpec
     embed_tokens: nn.Embed
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(
@@ -371,7 +365,7 @@ class BartEncoder(nn.Module):
         hidden_states = nn.Dropout(spec.dropout)(hidden_states, deterministic=deterministic)
 
         length = input_ids.shape[1]
-        mask = attention_mask_2d(
+        mask = AttentionMask.build(
             segment_ids,
             segment_ids,
             attention_mask,
@@ -379,15 +373,17 @@ class BartEncoder(nn.Module):
             query_length=length,
             key_length=length,
         )
-        return LayerStack(BartEncoderLayer, spec.encoder_layers, spec, self.dtype, name="layers")(
-            hidden_states, mask, deterministic
+        layers = LayerStack(
+            BartEncoderLayer, spec.encoder_layers, spec, self.dtype, self.attention, name="layers"
         )
+        return layers(hidden_states, mask, deterministic)
 
 
 class BartDecoder(nn.Module):
     spec: BartSpec
     embed_tokens: nn.Embed
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(
@@ -423,10 +419,10 @@ class BartDecoder(nn.Module):
             self_mask = (
                 None
                 if decoder_attention_mask is None
-                else decoder_attention_mask.astype(bool)[:, None, None, :]
+                else AttentionMask(decoder_attention_mask.astype(bool)[:, None, None, :])
             )
         else:
-            self_mask = attention_mask_2d(
+            self_mask = AttentionMask.build(
                 segment_ids,
                 segment_ids,
                 decoder_attention_mask,
@@ -434,7 +430,7 @@ class BartDecoder(nn.Module):
                 query_length=query_length,
                 key_length=query_length,
             )
-        cross_mask = attention_mask_2d(
+        cross_mask = AttentionMask.build(
             segment_ids,
             encoder_segment_ids,
             encoder_attention_mask,
@@ -442,7 +438,10 @@ class BartDecoder(nn.Module):
             query_length=query_length,
             key_length=encoder_hidden_states.shape[1],
         )
-        return LayerStack(BartDecoderLayer, spec.decoder_layers, spec, self.dtype, name="layers")(
+        layers = LayerStack(
+            BartDecoderLayer, spec.decoder_layers, spec, self.dtype, self.attention, name="layers"
+        )
+        return layers(
             hidden_states,
             encoder_hidden_states,
             self_mask,
@@ -475,6 +474,7 @@ def embed(
 class BartModule(nn.Module):
     spec: BartSpec
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     def setup(self):
         self.shared = nn.Embed(
@@ -483,8 +483,8 @@ class BartModule(nn.Module):
             embedding_init=nn.initializers.normal(self.spec.init_std),
             dtype=self.dtype,
         )
-        self.encoder = BartEncoder(self.spec, self.shared, self.dtype)
-        self.decoder = BartDecoder(self.spec, self.shared, self.dtype)
+        self.encoder = BartEncoder(self.spec, self.shared, self.dtype, self.attention)
+        self.decoder = BartDecoder(self.spec, self.shared, self.dtype, self.attention)
 
 
 class BartForConditionalGenerationModule(nn.Module):
@@ -495,9 +495,10 @@ class BartForConditionalGenerationModule(nn.Module):
 
     spec: BartSpec
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"  # a resolved kobart_flax.attention implementation
 
     def setup(self):
-        self.model = BartModule(self.spec, self.dtype)
+        self.model = BartModule(self.spec, self.dtype, self.attention)
         self.final_logits_bias = self.param(
             "final_logits_bias", nn.initializers.zeros, (1, self.spec.vocab_size)
         )
@@ -546,8 +547,15 @@ class BartForConditionalGenerationModule(nn.Module):
             decode,
             cache_length,
         )
-        logits = self.model.shared.attend(hidden_states)
-        return logits + self.final_logits_bias.astype(self.dtype)
+        # The LM head in float32 (accumulated and returned): in bfloat16 the logits of
+        # 30,000 tokens lose the differences that softmax and beam search rank by.
+        embedding = self.model.shared.embedding
+        logits = jnp.dot(
+            hidden_states,
+            embedding.astype(hidden_states.dtype).T,
+            preferred_element_type=jnp.float32,
+        )
+        return logits + self.final_logits_bias
 
     def __call__(
         self,

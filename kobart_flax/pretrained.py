@@ -21,6 +21,7 @@ from flax import serialization
 from transformers import BartConfig, GenerationConfig
 
 from kobart_flax import hf_io, storage
+from kobart_flax.attention import resolve as resolve_attention
 from kobart_flax.batching import shift_right
 from kobart_flax.generation import GenerationSettings, generate_jit
 from kobart_flax.modeling import BartForConditionalGenerationModule, BartSpec
@@ -64,11 +65,14 @@ class FlaxBartForConditionalGeneration:
         dtype: jnp.dtype = jnp.float32,
         params: dict | None = None,
         seed: int = 0,
+        attention: str = "auto",
     ):
+        """``attention``: the kernel (:mod:`kobart_flax.attention`); "auto" picks the
+        platform's fastest. Parameters and outputs do not depend on it."""
         self.config = config
         self.dtype = jnp.dtype(dtype)
         self.module = BartForConditionalGenerationModule(
-            BartSpec.from_hf_config(config), self.dtype
+            BartSpec.from_hf_config(config), self.dtype, resolve_attention(attention, self.dtype)
         )
         self.params = (
             params if params is not None else init_params(self.module, jax.random.key(seed))
@@ -119,6 +123,15 @@ class FlaxBartForConditionalGeneration:
         model = cls(config, dtype, params=params)
         model.generation_config = load_generation_config(name_or_path, config, revision)
         return model
+
+    @property
+    def attention(self) -> str:
+        """The attention kernel the module runs (resolved: never "auto")."""
+        return self.module.attention
+
+    def use_attention(self, attention: str) -> None:
+        """Run ``attention`` (:mod:`kobart_flax.attention`) from now on; params unchanged."""
+        self.module = self.module.clone(attention=resolve_attention(attention, self.dtype))
 
     def generation_settings(self, **overrides) -> GenerationSettings:
         """Settings from ``self.generation_config`` (transformers' defaults) and overrides.

@@ -138,13 +138,20 @@ class Summarizer:
         param_shardings = sharding.state_shardings(params, self.mesh)
         if self._generate is None or param_shardings != self._param_shardings:
             rows = sharding.batch_sharding(self.mesh)
-            self._generate = jax.jit(
+            program = jax.jit(
                 self._generate_fn,
                 in_shardings=(param_shardings, rows, rows),
                 # [B, L] int32 tokens, small: gathered in the program onto every device, so
                 # every host reads every summary without a further collective.
                 out_shardings=sharding.replicated(self.mesh),
             )
+
+            def generate_in_mesh(*args):
+                # Traced with the mesh set: the splash kernel runs per shard (attention.py).
+                with jax.set_mesh(self.mesh):
+                    return program(*args)
+
+            self._generate = generate_in_mesh
             self._param_shardings = param_shardings
         return sharding.place(params, param_shardings), self._generate
 

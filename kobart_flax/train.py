@@ -433,8 +433,10 @@ def _train_and_evaluate(config: Config) -> TrainResult:
     )
     mesh = sharding.mesh_from_config(config.mesh)
     # The watcher outlives the checkpointer, whose close waits for the last async save: a
-    # SIGTERM from startup until the final write is on disk only asks for a clean stop.
+    # SIGTERM from startup until the final write is on disk only asks for a clean stop. The
+    # mesh is set for the splash attention kernel, which runs per shard (kobart_flax.attention).
     with (
+        jax.set_mesh(mesh),
         distributed.PreemptionWatcher() as preemption,
         checkpoint.TrainCheckpointer(
             checkpoint.checkpoint_dir(train_config.workdir), train_config
@@ -443,6 +445,7 @@ def _train_and_evaluate(config: Config) -> TrainResult:
         start = initialize(
             config, tokenizer, optimizer, mesh, checkpointer, steps_per_epoch, total_steps
         )
+        start.model.use_attention(config.model.attention)
         checkpointer.save_tokenizer(tokenizer)
         result = _train_loop(
             config,
