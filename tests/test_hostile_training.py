@@ -340,8 +340,11 @@ def test_lengths_past_a_pretrained_models_positions_fail_before_compiling(
 
     status, errors = run_main(overrides(data_dir, workdir, f"model.pretrained={model_dir}"), caplog)
     assert status == 2
+    # Validation reads the model's own config.json, so the run stops before loading weights.
+    positions = f"(max_position_embeddings=66 in {model_dir}/config.json minus offset 2)"
     assert errors == [
-        f"data.max_source_length=128, data.source_buckets=128 exceed the 64 positions of "
-        f"{model_dir} (max_position_embeddings=66 minus offset 2)"
+        "invalid config:\n"
+        f"  data.max_source_length=128: exceeds the 64 usable positions {positions}\n"
+        f"  data.source_buckets=(64, 128): largest bucket 128 exceeds the 64 positions {positions}"
     ]
     assert not (workdir / "checkpoints").exists()
