@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from tiny_models import tiny_kobart_config
 
@@ -139,24 +140,72 @@ def test_loss_ignores_padding_positions(model):
     assert metrics["target_tokens"] == batch["decoder_attention_mask"].sum()
 
 
+def logits_of(model, params, batch):
+    return model.module.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["decoder_input_ids"],
+        batch["decoder_attention_mask"],
+    )
+
+
+def reference_loss(logits, batch, label_smoothing):
+    """The token-weighted, label-smoothed cross entropy, written out in numpy (float64)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    vocab = logits.shape[-1]
+    one_hot = np.eye(vocab)[batch["labels"]]
+    # Smoothing moves label_smoothing of the mass off the label, spread evenly over the vocab.
+    targets = (1.0 - label_smoothing) * one_hot + label_smoothing / vocab
+    token_losses = -(targets * log_probs).sum(-1)
+    mask = batch["decoder_attention_mask"]
+    return (token_losses * mask).sum() / mask.sum()
+
+
 def test_loss_is_token_weighted_cross_entropy(model):
     batch = make_batch()
-    logits = model.module.apply({"params": model.params}, *[batch[k] for k in list(batch)[:4]])
-    log_probs = jax.nn.log_softmax(logits)
-    picked = np.take_along_axis(np.asarray(log_probs), batch["labels"][..., None], -1)[..., 0]
-    mask = batch["decoder_attention_mask"]
-    expected = -(picked * mask).sum() / mask.sum()
+    expected = reference_loss(logits_of(model, model.params, batch), batch, 0.0)
     metrics = steps.eval_step(model.params, batch, apply_fn=model.module.apply)
     np.testing.assert_allclose(metrics["loss_sum"] / metrics["tokens"], expected, rtol=1e-5)
 
 
+def fit(model, batch, updates=100):
+    """Params that have memorised ``batch``: Adam on the plain loss."""
+    optimizer = optax.adam(1e-2)
+
+    def loss(params):
+        loss_sum, tokens = steps.summed_loss(model.module.apply, params, batch, 0.0, None)
+        return loss_sum / tokens
+
+    @jax.jit
+    def update(params, opt_state):
+        grads = jax.grad(loss)(params)
+        changes, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, changes), opt_state
+
+    params, opt_state = model.params, optimizer.init(model.params)
+    for _ in range(updates):
+        params, opt_state = update(params, opt_state)
+    return params
+
+
 def test_label_smoothing_raises_the_loss_of_a_fitted_model(model):
     batch = make_batch()
-    state, plain = make_step(model, label_smoothing=0.0)
-    _, smoothed = make_step(model, label_smoothing=0.1)
-    _, metrics_plain = jax.jit(plain)(state, batch)
-    _, metrics_smoothed = jax.jit(smoothed)(state, batch)
-    assert float(metrics_smoothed["loss"]) != pytest.approx(float(metrics_plain["loss"]))
+    params = fit(model, batch)
+    logits = logits_of(model, params, batch)
+    losses = {}
+    for label_smoothing in (0.0, 0.1):
+        state, step = make_step(model, label_smoothing=label_smoothing, params=params)
+        _, metrics = jax.jit(step)(state, batch)
+        losses[label_smoothing] = float(metrics["loss"])
+        expected = reference_loss(logits, batch, label_smoothing)
+        np.testing.assert_allclose(losses[label_smoothing], expected, rtol=1e-5, atol=1e-6)
+    # Fitted: far below the log(50) = 3.9 of a uniform guess, so the label holds almost all
+    # the probability and the smoothed targets, which ask for 10% elsewhere, cost more.
+    assert losses[0.0] < 0.5
+    assert losses[0.1] > losses[0.0] + 0.1
 
 
 def test_train_step_is_the_same_on_one_and_two_devices(model):
