@@ -16,35 +16,29 @@ from pathlib import Path
 import pytest
 from gcs_emulator import BUCKET
 from tiny_models import (
-    SAMPLE,
     SAMPLE_TOKENIZER,
+    tiny_data_fixture,
     tiny_kobart_config,
+    tiny_run_config,
     tiny_run_overrides,
-    write_slice,
 )
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
 from kobart_flax.config import ConfigError, TrainConfig
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import load_tokenizer
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("data")
-    write_slice(SAMPLE / "train.tsv", directory / "train.tsv", 32)  # 2 batches of 16
-    write_slice(SAMPLE / "test.tsv", directory / "test.tsv", 4)
-    return directory
+data_dir = tiny_data_fixture(32, 4)  # 2 batches of 16
 
 
 def overrides(data_dir: Path, workdir: Path, *extra: str) -> list[str]:
     return tiny_run_overrides(
-        str(data_dir),
-        str(workdir),
+        data_dir,
+        workdir,
         "train.max_steps=2",
         "train.eval_every=0",
         "train.checkpoint_every=1",
@@ -157,7 +151,7 @@ def test_the_lock_on_gs_is_created_once(gcs_emulator):  # noqa: F811
 def two_step_run(data_dir, tmp_path_factory) -> Path:
     """A finished 2-step run with a checkpoint at steps 1 and 2: its workdir."""
     workdir = tmp_path_factory.mktemp("two_steps")
-    config = apply_overrides(load_config("configs/tiny.py"), overrides(data_dir, workdir))
+    config = tiny_run_config(overrides(data_dir, workdir))
     train_and_evaluate(config)
     assert checkpoint.all_steps(checkpoint.checkpoint_dir(workdir)) == [1, 2]
     return workdir
@@ -319,7 +313,7 @@ def test_training_with_a_bare_tokenizer(data_dir, bare_tokenizer, tmp_path, capl
 
 
 def test_special_tokens_are_validated_with_the_config():
-    config = apply_overrides(load_config("configs/tiny.py"), ["model.special_tokens=bos:<s>"])
+    config = tiny_run_config(["model.special_tokens=bos:<s>"])
     with pytest.raises(ConfigError, match="model.special_tokens='bos:<s>'"):
         train_and_evaluate(config)
 

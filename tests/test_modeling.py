@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from flax import serialization, traverse_util
+from tiny_models import tiny_bart_config
 from transformers import BartConfig, BartForConditionalGeneration, BartModel
 
 from kobart_flax import FlaxBartForConditionalGeneration
@@ -16,28 +17,8 @@ PAD = 3
 
 
 def tiny_config(**overrides) -> BartConfig:
-    fields = dict(
-        vocab_size=97,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=48,
-        decoder_ffn_dim=48,
-        max_position_embeddings=64,
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_function="gelu",
-        scale_embedding=False,
-        bos_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-        pad_token_id=PAD,
-    )
-    fields.update(overrides)
-    return BartConfig(**fields)
+    # Dropout in attention too, so the train-mode test sees every dropout site.
+    return tiny_bart_config(97, **{"attention_dropout": 0.1, **overrides})
 
 
 @pytest.fixture(scope="module")
