@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from timeouts import scaled_timeout
 from tiny_models import write_tiny_data
 
 from scripts import simulate_pod
@@ -50,7 +51,7 @@ def run_emulator(preload: Path):
         "TENSORSTORE_GCS_HTTP_URL": url,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
     }
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled_timeout(30)
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

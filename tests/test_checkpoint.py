@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+from timeouts import scaled_timeout
 from tiny_models import signal_at_line, tiny_data_fixture, tiny_run_config, tiny_run_overrides
 
 import train_flax
@@ -174,7 +175,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, 
         "configs/tiny.py",
         *run_overrides(data_dir, tmp_path),
     ]
-    process, log = signal_at_line(command, env, f"step 2/{TOTAL_STEPS}", signal.SIGTERM, 300)
+    process, log = signal_at_line(
+        command, env, f"step 2/{TOTAL_STEPS}", signal.SIGTERM, scaled_timeout(300)
+    )
     assert process.returncode == train_flax.EXIT_PREEMPTED, log  # not finished: rerun
     assert "stopped at step" in log, log
     directory = checkpoint.checkpoint_dir(tmp_path)
@@ -184,7 +187,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, 
     assert not (tmp_path / "final_model").exists()
     assert not (tmp_path / checkpoint.LOCK_FILE).exists()  # released: the rerun may start
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled_timeout(300)
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming from {directory / str(stopped_at)} at step {stopped_at}" in rerun.stderr
     history = checkpoint.read_history(directory)
@@ -310,7 +315,7 @@ def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled_timeout(120),
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = [path.name for path in directory.iterdir() if path.name.startswith("2.")]
@@ -445,7 +450,7 @@ def test_restore_onto_one_device_and_onto_eight(reference, tmp_path):
             text=True,
         )
     for devices, process in processes.items():
-        out, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=scaled_timeout(300))
         assert process.returncode == 0, err
         assert f"onto {devices} devices" in out
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from compat_check import report
+from timeouts import scaled_timeout
 
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.summarize import Summarizer
@@ -79,7 +80,7 @@ def test_transformers_4_57_tokenizer_model_and_pipeline_match_predict(
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled_timeout(300),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.splitlines()[-1])

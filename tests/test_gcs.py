@@ -19,6 +19,7 @@ import pytest
 from etils import epath
 from flax import serialization
 from gcs_emulator import BUCKET
+from timeouts import scaled_timeout
 from tiny_models import signal_at_line, tiny_run_overrides, write_tiny_data
 
 from kobart_flax import checkpoint, storage
@@ -54,7 +55,9 @@ def train_command(data: str, workdir: str) -> list[str]:
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled_timeout(600)
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -76,7 +79,7 @@ def test_train_kill_resume_export_and_predict_on_gs(gcs_emulator, tmp_path):
 
     # 1. Train on the bucket and die with SIGKILL mid-run: no chance to save or clean up.
     command = train_command(bucket_data, workdir)
-    process, log = signal_at_line(command, env, KILL_AT, signal.SIGKILL, 60)
+    process, log = signal_at_line(command, env, KILL_AT, signal.SIGKILL, scaled_timeout(60))
     assert process.returncode == -signal.SIGKILL, log[-4000:]
     checkpoints = f"{workdir}/checkpoints"
     killed_at = checkpoint.latest_step(checkpoints)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from gcs_emulator import BUCKET
+from timeouts import scaled_timeout
 from tiny_models import (
     SAMPLE_TOKENIZER,
     tiny_data_fixture,
@@ -244,7 +245,7 @@ def test_a_failed_background_save_stops_training_with_one_message(data_dir, tmp_
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled_timeout(300),
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     output = result.stdout + result.stderr

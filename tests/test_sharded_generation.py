@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from timeouts import scaled_timeout
 from tiny_models import SAMPLE, SAMPLE_TOKENIZER, tiny_kobart_config
 
 from kobart_flax import FlaxBartForConditionalGeneration, sharding
@@ -117,7 +118,7 @@ def run_workers(tmp_path: Path, processes: int, devices: int) -> list[dict]:
             )
         )
     for process_id, process in enumerate(running):
-        output, _ = process.communicate(timeout=WORKER_TIMEOUT)
+        output, _ = process.communicate(timeout=scaled_timeout(WORKER_TIMEOUT))
         assert process.returncode == 0, f"process {process_id}:\n{output.decode()[-3000:]}"
     return [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(processes)]
 

@@ -5,6 +5,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
+from timeouts import scaled_timeout
 from tiny_models import SAMPLE, SAMPLE_TOKENIZER
 
 from kobart_flax import token_cache
@@ -90,7 +91,7 @@ def test_processes_starting_together_leave_one_whole_file(tmp_path, tokenizer):
     for process in processes:
         process.start()
     for process in processes:
-        process.join(timeout=300)
+        process.join(timeout=scaled_timeout(300))
         assert process.exitcode == 0
 
     (cached,) = tmp_path.glob("encoded-*.npz")
