@@ -31,7 +31,8 @@ def small_run(tmp_path) -> list[str]:
 
 
 def test_tiny_training_run_learns_logs_and_saves(small_run):
-    result = train_and_evaluate(tiny_run_config(small_run))
+    config = tiny_run_config(small_run)
+    result = train_and_evaluate(config)
 
     assert len(result.train_losses) == 12
     assert all(np.isfinite(result.train_losses))
@@ -40,7 +41,7 @@ def test_tiny_training_run_learns_logs_and_saves(small_run):
     assert result.eval_losses[1][1] < result.eval_losses[0][1]
     assert int(result.state.step) == 12
 
-    workdir = Path(small_run[3].split("=", 1)[1])
+    workdir = Path(config.train.workdir)
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
     # The saved model reloads through the public API and computes the same logits.
