@@ -42,6 +42,9 @@ UPDATE_SCREENSHOT = os.environ.get("KOBART_UPDATE_SCREENSHOT") == "1"
 SCREENSHOT = ROOT / "docs" / "demo.png"
 SERVER_START_SECONDS = 180  # imports, model load and the warm-up compile on a 2-core CPU
 
+# app.py in a subprocess, driven by Chromium.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):

@@ -104,6 +104,7 @@ def assert_losses_match(actual: list[float], expected: list[float]) -> None:
 # --- saving and exact resume -------------------------------------------------------------
 
 
+@pytest.mark.slow  # the reference run (module fixture)
 def test_reference_run_keeps_last_k_and_best_k_with_metrics(reference):
     result, workdir = reference
     directory = checkpoint.checkpoint_dir(workdir)
@@ -129,6 +130,7 @@ def test_reference_run_keeps_last_k_and_best_k_with_metrics(reference):
     assert_trees_equal(params, result.state.params)
 
 
+@pytest.mark.slow  # the reference run and a resumed run
 def test_preempted_run_resumes_exactly(reference, data_dir, tmp_path, monkeypatch):
     expected, _ = reference
     config = tiny_run_config(run_overrides(data_dir, tmp_path))
@@ -165,6 +167,7 @@ def test_preempted_run_resumes_exactly(reference, data_dir, tmp_path, monkeypatc
     assert_trees_equal(resumed.state.opt_state, expected.state.opt_state)
 
 
+@pytest.mark.slow  # a train_flax.py subprocess, SIGTERM, rerun
 def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, cache_env):
     expected, _ = reference
     env = dict(os.environ, **cache_env)
@@ -207,6 +210,7 @@ def largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow  # the reference run and a resumed run
 def test_truncated_checkpoint_is_named_and_resume_falls_back(reference, data_dir, tmp_path, caplog):
     expected, reference_workdir = reference
     shutil.copytree(reference_workdir, tmp_path, dirs_exist_ok=True)
@@ -242,6 +246,7 @@ def test_truncated_checkpoint_is_named_and_resume_falls_back(reference, data_dir
         ("truncated metrics", "is unreadable: item 'metrics'"),
     ],
 )
+@pytest.mark.slow  # the reference run (module fixture)
 def test_damaged_step_is_named_and_moved_aside(reference, tmp_path, caplog, damage, message):
     _, reference_workdir = reference
     directory = tmp_path / "checkpoints"
@@ -308,6 +313,7 @@ def fake_abstract_state(step: int) -> steps.TrainState:
     )
 
 
+@pytest.mark.slow  # a kill -9 subprocess
 def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     directory = tmp_path / "checkpoints"
     killed = subprocess.run(
@@ -427,6 +433,7 @@ RESTORE_ELSEWHERE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # subprocesses with 1 and 8 devices
 def test_restore_onto_one_device_and_onto_eight(reference, tmp_path):
     result, workdir = reference
     expected_file = tmp_path / "expected.npz"
@@ -455,6 +462,7 @@ def test_restore_onto_one_device_and_onto_eight(reference, tmp_path):
         assert f"onto {devices} devices" in out
 
 
+@pytest.mark.slow  # the reference run (module fixture)
 def test_restore_params_from_a_step_directory_and_the_best_step(reference):
     result, workdir = reference
     directory = checkpoint.checkpoint_dir(workdir)
@@ -472,6 +480,7 @@ def test_restore_params_from_a_step_directory_and_the_best_step(reference):
 # --- resume order ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the reference run and a second run
 def test_init_checkpoint_starts_from_another_runs_params(reference, data_dir, tmp_path, caplog):
     expected, reference_workdir = reference
     source = checkpoint.checkpoint_dir(reference_workdir) / "35"  # a step directory works too

@@ -157,6 +157,7 @@ def test_articles_to_summarize_need_no_summary_column(tmp_path, sample_rows):
     assert [example.summary for example in examples] == [""] * ROWS
 
 
+@pytest.mark.slow  # three training runs
 def test_training_from_parquet_and_a_saved_dataset_equals_training_from_tsv(tmp_path, caplog):
     write_tiny_data(tmp_path / "tsv", 48, 8)
     columns = {"news": "document", "summary": "abstractive"}

@@ -73,6 +73,7 @@ def test_tpu_vms_join_automatically_and_plain_machines_run_alone(monkeypatch):
     ]
 
 
+@pytest.mark.slow  # a train_flax.py subprocess
 @pytest.mark.parametrize("process_id", [0, 1])
 def test_a_peer_that_never_arrives_fails_with_a_readable_message(process_id):
     coordinator = f"127.0.0.1:{free_port()}"

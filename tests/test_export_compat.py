@@ -19,6 +19,8 @@ from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
 
 pytest_plugins = ["export_fixtures"]
+# A training run and an export (session fixtures), and the transformers 4.57 environment.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPAT_PYTHON = ROOT / ".venv-compat" / "bin" / "python"

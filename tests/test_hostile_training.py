@@ -134,6 +134,7 @@ def test_a_lock_from_another_host_says_how_to_remove_it(tmp_path):
     assert lock_file.exists()
 
 
+@pytest.mark.slow  # a GCS emulator process
 def test_the_lock_on_gs_is_created_once(gcs_emulator):  # noqa: F811
     workdir = f"gs://{BUCKET}/locked-run"
     with checkpoint.WorkdirLock(workdir) as held:
@@ -168,6 +169,7 @@ def damaged_copy(two_step_run: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow  # two_step_run and a rerun
 def test_no_readable_checkpoint_stops_unless_told_to_start_over(
     data_dir, two_step_run, tmp_path, caplog
 ):
@@ -193,6 +195,7 @@ def test_no_readable_checkpoint_stops_unless_told_to_start_over(
     assert checkpoint.all_steps(directory) == [2, 3]
 
 
+@pytest.mark.slow  # two_step_run, a training run
 def test_all_steps_incomplete_stops_before_orbax_opens_them(two_step_run, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_step_run / "checkpoints", directory)
@@ -203,6 +206,7 @@ def test_all_steps_incomplete_stops_before_orbax_opens_them(two_step_run, tmp_pa
     assert checkpoint.all_steps(directory) == [1, 2]
 
 
+@pytest.mark.slow  # two_step_run, a training run
 def test_a_read_failure_is_not_damage(data_dir, two_step_run, tmp_path, caplog, monkeypatch):
     workdir = tmp_path / "run"
     shutil.copytree(two_step_run, workdir)
@@ -235,6 +239,7 @@ FULL_DISK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a train_flax.py subprocess
 def test_a_failed_background_save_stops_training_with_one_message(data_dir, tmp_path):
     workdir = tmp_path / "run"
     argv = overrides(data_dir, workdir, "train.max_steps=12", "train.checkpoint_every=3")

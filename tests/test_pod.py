@@ -20,6 +20,9 @@ STEPS = 3
 # Generous: a 240 s bound tripped on a busy 2-core machine, where a run takes 35-45 s alone.
 RUN_TIMEOUT = 900.0
 
+# Every test here runs train_flax.py in simulated multi-process pods.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def train_args(tmp_path_factory) -> list[str]:

@@ -17,6 +17,7 @@ def cache_off_afterwards():
     compile_cache.enable(compile_cache.OFF)
 
 
+@pytest.mark.slow  # a training run, over 20 s
 def test_a_tiny_run_writes_the_trace_of_its_profiled_steps(tmp_path):
     write_tiny_data(tmp_path / "data", 64, 8)
     workdir = tmp_path / "run"

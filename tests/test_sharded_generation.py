@@ -130,6 +130,7 @@ def assert_meshes_match_one_device(result: dict, meshes: set[str]) -> None:
     assert len({tuple(row) for row in result["reference"]}) > 1
 
 
+@pytest.mark.slow  # a worker subprocess with 8 devices
 def test_eight_devices_give_the_one_device_tokens(tmp_path):
     [result] = run_workers(tmp_path, processes=1, devices=8)
     assert_meshes_match_one_device(result, {"8x1x1", "2x2x2"})

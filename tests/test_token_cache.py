@@ -82,6 +82,7 @@ def _encode_into(cache_dir: str, barrier) -> None:
     token_cache.cached_encode(examples, tokenizer, 128, 32, cache_dir, encode_examples)
 
 
+@pytest.mark.slow  # three spawned processes
 def test_processes_starting_together_leave_one_whole_file(tmp_path, tokenizer):
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(3)

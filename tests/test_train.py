@@ -30,6 +30,7 @@ def small_run(tmp_path) -> list[str]:
     )
 
 
+@pytest.mark.slow  # a training run, over 20 s
 def test_tiny_training_run_learns_logs_and_saves(small_run):
     config = tiny_run_config(small_run)
     result = train_and_evaluate(config)
@@ -53,6 +54,7 @@ def test_tiny_training_run_learns_logs_and_saves(small_run):
     assert (workdir / FINAL_MODEL_DIR / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow  # two training runs
 def test_same_seed_gives_identical_losses(small_run, tmp_path):
     overrides = [*small_run, "train.max_steps=2", "train.eval_every=0"]
     # Separate workdirs: a rerun in the same one would resume, not recompute.
@@ -118,6 +120,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(
     assert not (workdir / FINAL_MODEL_DIR).exists()
 
 
+@pytest.mark.slow  # training runs with generation
 def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
     overrides = [
         *small_run,
@@ -157,6 +160,7 @@ def test_best_metric_must_be_reported(small_run):
         )
 
 
+@pytest.mark.slow  # three training runs
 def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeypatch, caplog):
     packed = [
         *small_run,
