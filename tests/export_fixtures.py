@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_kobart_config
+from tiny_models import tiny_kobart_config, tiny_run_config
 from transformers import BartForConditionalGeneration
 
 import export_pt
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import load_tokenizer
 from kobart_flax.train import train_and_evaluate
 
@@ -42,7 +41,7 @@ def trained_run(tmp_path_factory) -> Path:
         "train.learning_rate=1e-3",
         "train.rouge_every=0",
     ]
-    train_and_evaluate(apply_overrides(load_config("configs/tiny.py"), overrides))
+    train_and_evaluate(tiny_run_config(overrides))
     return root / "run"
 
 

@@ -11,7 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tiny_models import SAMPLE, write_slice
+from timeouts import scaled_timeout
+from tiny_models import write_tiny_data
 
 from scripts import simulate_pod
 
@@ -35,8 +36,7 @@ def run_emulator(preload: Path):
     ``preload``) for as long as the generator runs; yields its environment variables, also
     set in this process meanwhile."""
     # -data preloads a folder per bucket; -backend memory keeps writes off the real disk.
-    write_slice(SAMPLE / "train.tsv", preload / BUCKET / "data" / "train.tsv", 96)
-    write_slice(SAMPLE / "test.tsv", preload / BUCKET / "data" / "test.tsv", 6)
+    write_tiny_data(preload / BUCKET / "data", 96, 6)
     port = simulate_pod.free_port()
     server = subprocess.Popen(
         [str(emulator_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
@@ -51,7 +51,7 @@ def run_emulator(preload: Path):
         "TENSORSTORE_GCS_HTTP_URL": url,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
     }
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled_timeout(30)
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()

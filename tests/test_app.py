@@ -107,9 +107,30 @@ def test_a_long_article_is_truncated_with_a_notice(service):
 
 
 def test_non_korean_text_is_summarized(service):
+    """English through a Korean tokenizer: the page's summary is the model's own generation
+    on the text's tokens, and the note counts those tokens."""
+    tokenizer, model = service.loaded.tokenizer, service.loaded.model
+    tokens = tokenizer(ENGLISH, add_special_tokens=False)["input_ids"]
+    # Spelled out letter by letter, nothing lost to <unk>: that is what the model reads...
+    assert tokenizer.decode(tokens) == ENGLISH
+    # ... up to MAX_SOURCE_LENGTH with <s> and </s>: one letter a token overflows it.
+    assert len(tokens) > MAX_SOURCE_LENGTH - 2
+    ids = [tokenizer.bos_token_id, *tokens[: MAX_SOURCE_LENGTH - 2], tokenizer.eos_token_id]
+    input_ids = np.array([ids], np.int32)
+    num_beams, max_new_tokens, length_penalty, no_repeat_ngram_size = CONTROLS
+    generated = model.generate(
+        input_ids,
+        np.ones_like(input_ids),
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    ).sequences[0]
+
     summary, note = service.summarize_article(ENGLISH, *CONTROLS)
-    assert isinstance(summary, str)
-    assert "Input: " in note
+
+    assert summary == tokenizer.decode(generated, skip_special_tokens=True).strip()
+    assert note.startswith(f"Input: {len(tokens)} tokens.")
 
 
 def test_an_empty_summary_is_explained(service, monkeypatch):

@@ -40,28 +40,22 @@ def row_indices(batch: dict[str, np.ndarray]) -> list[int]:
     return [int(first) - 1000 if first != PAD else -1 for first in batch["input_ids"][:, 0]]
 
 
+# The batching options training and evaluation share; a test overrides what it is about.
+SHAPES = dict(
+    batch_size=8,
+    source_buckets=SOURCE_BUCKETS,
+    target_buckets=TARGET_BUCKETS,
+    pad_token_id=PAD,
+    decoder_start_token_id=START,
+)
+
+
 def train(examples, **overrides):
-    options = dict(
-        batch_size=8,
-        seed=0,
-        epoch=0,
-        source_buckets=SOURCE_BUCKETS,
-        target_buckets=TARGET_BUCKETS,
-        pad_token_id=PAD,
-        decoder_start_token_id=START,
-    )
-    return list(train_batches(examples, **{**options, **overrides}))
+    return list(train_batches(examples, **{**SHAPES, "seed": 0, "epoch": 0, **overrides}))
 
 
 def evaluate(examples, **overrides):
-    options = dict(
-        batch_size=8,
-        source_buckets=SOURCE_BUCKETS,
-        target_buckets=TARGET_BUCKETS,
-        pad_token_id=PAD,
-        decoder_start_token_id=START,
-    )
-    return list(eval_batches(examples, **{**options, **overrides}))
+    return list(eval_batches(examples, **{**SHAPES, **overrides}))
 
 
 def assert_same_batches(left, right):

@@ -21,12 +21,12 @@ import numpy as np
 import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
-from tiny_models import write_slice
+from timeouts import scaled_timeout
+from tiny_models import signal_at_line, tiny_data_fixture, tiny_run_config, tiny_run_overrides
 
 import train_flax
 from kobart_flax import checkpoint, distributed, steps
 from kobart_flax.config import Config, ConfigError, TrainConfig, config_to_dict
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,29 +57,13 @@ def cache_env(tmp_path_factory) -> dict[str, str]:
     compilation_cache.reset_cache()
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("data")
-    write_slice(SAMPLE / "train.tsv", directory / "train.tsv", 96)  # 6 batches of 16
-    write_slice(SAMPLE / "test.tsv", directory / "test.tsv", 20)
-    return directory
+data_dir = tiny_data_fixture(96, 20)  # 6 batches of 16
 
 
 def run_overrides(data_dir: Path, workdir: Path, *extra: str) -> list[str]:
-    return [
-        f"data.train_path={data_dir / 'train.tsv'}",
-        f"data.eval_path={data_dir / 'test.tsv'}",
-        f"model.tokenizer={SAMPLE / 'tokenizer'}",
-        f"train.workdir={workdir}",
-        "model.d_model=32",
-        "model.ffn_dim=64",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "data.max_source_length=128",
-        "data.source_buckets=64,128",
-        "data.max_target_length=32",
-        "data.target_buckets=32",
-        "train.batch_size=16",
+    return tiny_run_overrides(
+        data_dir,
+        workdir,
         "train.num_epochs=100",
         f"train.max_steps={TOTAL_STEPS}",
         "train.learning_rate=3e-3",
@@ -90,18 +74,14 @@ def run_overrides(data_dir: Path, workdir: Path, *extra: str) -> list[str]:
         "train.log_every=1",
         "train.rouge_every=0",  # generation is tested elsewhere
         *extra,
-    ]
-
-
-def make_config(overrides: list[str]) -> Config:
-    return apply_overrides(load_config(str(REPO / "configs" / "tiny.py")), overrides)
+    )
 
 
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
     """An uninterrupted run: (TrainResult, workdir)."""
     workdir = tmp_path_factory.mktemp("reference")
-    return train_and_evaluate(make_config(run_overrides(data_dir, workdir))), workdir
+    return train_and_evaluate(tiny_run_config(run_overrides(data_dir, workdir))), workdir
 
 
 def flat(tree) -> dict[str, np.ndarray]:
@@ -124,6 +104,7 @@ def assert_losses_match(actual: list[float], expected: list[float]) -> None:
 # --- saving and exact resume -------------------------------------------------------------
 
 
+@pytest.mark.slow  # the reference run (module fixture)
 def test_reference_run_keeps_last_k_and_best_k_with_metrics(reference):
     result, workdir = reference
     directory = checkpoint.checkpoint_dir(workdir)
@@ -149,9 +130,10 @@ def test_reference_run_keeps_last_k_and_best_k_with_metrics(reference):
     assert_trees_equal(params, result.state.params)
 
 
+@pytest.mark.slow  # the reference run and a resumed run
 def test_preempted_run_resumes_exactly(reference, data_dir, tmp_path, monkeypatch):
     expected, _ = reference
-    config = make_config(run_overrides(data_dir, tmp_path))
+    config = tiny_run_config(run_overrides(data_dir, tmp_path))
     handler_before = signal.getsignal(signal.SIGTERM)
 
     # A preemption notice arriving at step PREEMPT_AT (what SIGTERM sets, without a signal).
@@ -185,6 +167,7 @@ def test_preempted_run_resumes_exactly(reference, data_dir, tmp_path, monkeypatc
     assert_trees_equal(resumed.state.opt_state, expected.state.opt_state)
 
 
+@pytest.mark.slow  # a train_flax.py subprocess, SIGTERM, rerun
 def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, cache_env):
     expected, _ = reference
     env = dict(os.environ, **cache_env)
@@ -195,20 +178,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, 
         "configs/tiny.py",
         *run_overrides(data_dir, tmp_path),
     ]
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    process, log = signal_at_line(
+        command, env, f"step 2/{TOTAL_STEPS}", signal.SIGTERM, scaled_timeout(300)
     )
-    try:
-        seen = []
-        for line in process.stderr:
-            seen.append(line)
-            if f"step 2/{TOTAL_STEPS}" in line:
-                process.send_signal(signal.SIGTERM)
-                break
-        _, rest = process.communicate(timeout=300)
-    finally:
-        process.kill()
-    log = "".join(seen) + rest
     assert process.returncode == train_flax.EXIT_PREEMPTED, log  # not finished: rerun
     assert "stopped at step" in log, log
     directory = checkpoint.checkpoint_dir(tmp_path)
@@ -218,7 +190,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes(reference, data_dir, tmp_path, 
     assert not (tmp_path / "final_model").exists()
     assert not (tmp_path / checkpoint.LOCK_FILE).exists()  # released: the rerun may start
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled_timeout(300)
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming from {directory / str(stopped_at)} at step {stopped_at}" in rerun.stderr
     history = checkpoint.read_history(directory)
@@ -236,6 +210,7 @@ def largest_file(directory: Path) -> Path:
     return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow  # the reference run and a resumed run
 def test_truncated_checkpoint_is_named_and_resume_falls_back(reference, data_dir, tmp_path, caplog):
     expected, reference_workdir = reference
     shutil.copytree(reference_workdir, tmp_path, dirs_exist_ok=True)
@@ -250,7 +225,7 @@ def test_truncated_checkpoint_is_named_and_resume_falls_back(reference, data_dir
     _, metadata = checkpoint.restore_params(directory, step=35)  # the previous one is fine
     assert metadata["step"] == 35
 
-    config = make_config(run_overrides(data_dir, tmp_path))
+    config = tiny_run_config(run_overrides(data_dir, tmp_path))
     with caplog.at_level(logging.WARNING):
         resumed = train_and_evaluate(config)
     assert error_text in caplog.text
@@ -271,6 +246,7 @@ def test_truncated_checkpoint_is_named_and_resume_falls_back(reference, data_dir
         ("truncated metrics", "is unreadable: item 'metrics'"),
     ],
 )
+@pytest.mark.slow  # the reference run (module fixture)
 def test_damaged_step_is_named_and_moved_aside(reference, tmp_path, caplog, damage, message):
     _, reference_workdir = reference
     directory = tmp_path / "checkpoints"
@@ -337,6 +313,7 @@ def fake_abstract_state(step: int) -> steps.TrainState:
     )
 
 
+@pytest.mark.slow  # a kill -9 subprocess
 def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     directory = tmp_path / "checkpoints"
     killed = subprocess.run(
@@ -344,7 +321,7 @@ def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled_timeout(120),
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = [path.name for path in directory.iterdir() if path.name.startswith("2.")]
@@ -456,6 +433,7 @@ RESTORE_ELSEWHERE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # subprocesses with 1 and 8 devices
 def test_restore_onto_one_device_and_onto_eight(reference, tmp_path):
     result, workdir = reference
     expected_file = tmp_path / "expected.npz"
@@ -479,11 +457,12 @@ def test_restore_onto_one_device_and_onto_eight(reference, tmp_path):
             text=True,
         )
     for devices, process in processes.items():
-        out, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=scaled_timeout(300))
         assert process.returncode == 0, err
         assert f"onto {devices} devices" in out
 
 
+@pytest.mark.slow  # the reference run (module fixture)
 def test_restore_params_from_a_step_directory_and_the_best_step(reference):
     result, workdir = reference
     directory = checkpoint.checkpoint_dir(workdir)
@@ -501,10 +480,11 @@ def test_restore_params_from_a_step_directory_and_the_best_step(reference):
 # --- resume order ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the reference run and a second run
 def test_init_checkpoint_starts_from_another_runs_params(reference, data_dir, tmp_path, caplog):
     expected, reference_workdir = reference
     source = checkpoint.checkpoint_dir(reference_workdir) / "35"  # a step directory works too
-    config = make_config(run_overrides(data_dir, tmp_path, f"train.init_checkpoint={source}"))
+    config = tiny_run_config(run_overrides(data_dir, tmp_path, f"train.init_checkpoint={source}"))
     with caplog.at_level(logging.INFO):
         result = train_and_evaluate(config)
     assert f"initialized the params from {source} (step 35)" in caplog.text
@@ -525,7 +505,7 @@ def test_init_checkpoint_starts_from_another_runs_params(reference, data_dir, tm
 
 
 def test_best_metric_must_be_one_the_evaluation_reports(data_dir, tmp_path):
-    config = make_config(run_overrides(data_dir, tmp_path, "train.best_metric=rougeL"))
+    config = tiny_run_config(run_overrides(data_dir, tmp_path, "train.best_metric=rougeL"))
     with pytest.raises(ConfigError, match="train.best_metric='rougeL': evaluation reports only"):
         train_and_evaluate(config)
     assert not (tmp_path / "checkpoints").exists()  # stopped before touching anything

@@ -4,7 +4,7 @@ import logging
 
 import datasets
 import pytest
-from tiny_models import SAMPLE, TINY_RUN_SHAPES, write_slice
+from tiny_models import SAMPLE, TINY_RUN_SHAPES, write_tiny_data
 
 from kobart_flax.data_io import DataError, read_examples
 from kobart_flax.dataset_sources import (
@@ -157,9 +157,9 @@ def test_articles_to_summarize_need_no_summary_column(tmp_path, sample_rows):
     assert [example.summary for example in examples] == [""] * ROWS
 
 
+@pytest.mark.slow  # three training runs
 def test_training_from_parquet_and_a_saved_dataset_equals_training_from_tsv(tmp_path, caplog):
-    write_slice(SAMPLE / "train.tsv", tmp_path / "tsv" / "train.tsv", 48)
-    write_slice(SAMPLE / "test.tsv", tmp_path / "tsv" / "test.tsv", 8)
+    write_tiny_data(tmp_path / "tsv", 48, 8)
     columns = {"news": "document", "summary": "abstractive"}
     for name in ("train", "test"):
         rows = [

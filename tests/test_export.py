@@ -9,15 +9,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
-from tiny_models import tiny_kobart_config
+from tiny_models import tiny_kobart_config, tiny_run_config
 from transformers import AutoModelForSeq2SeqLM, BartConfig, BartModel
 
 import export_pt
 from kobart_flax import FlaxBartForConditionalGeneration, export
 from kobart_flax.checkpoint import restore_params
 from kobart_flax.data_io import read_examples
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import encode_examples, load_tokenizer
 from kobart_flax.train import train_and_evaluate
 
@@ -26,6 +26,7 @@ pytest_plugins = ["export_fixtures"]
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
+@pytest.mark.slow  # the trained_run and exported fixtures
 def test_round_trip_logits_and_loaders(trained_run, exported):
     output = exported
     checkpoints = trained_run / "checkpoints"
@@ -63,6 +64,7 @@ def test_round_trip_logits_and_loaders(trained_run, exported):
     )
 
 
+@pytest.mark.slow  # the exported fixture (a training run)
 def test_tokenizer_files_are_kobarts_class_with_the_source_limit_and_no_local_keys(exported):
     config = json.loads((exported / "tokenizer_config.json").read_text())
     assert config == {
@@ -83,6 +85,7 @@ def test_tokenizer_files_are_kobarts_class_with_the_source_limit_and_no_local_ke
     assert all(isinstance(merge, str) for merge in tokenizer["model"]["merges"])
 
 
+@pytest.mark.slow  # the exported fixture (a training run)
 def test_project_encoding_is_unchanged_by_the_exported_tokenizer(exported):
     """Training, predict and the demo encode with add_special_tokens=False and add the ids
     themselves: the exported post-processor must not add a second <s> ... </s>."""
@@ -95,6 +98,7 @@ def test_project_encoding_is_unchanged_by_the_exported_tokenizer(exported):
     assert encoded_bytes(exported) == encoded_bytes(SAMPLE / "tokenizer")
 
 
+@pytest.mark.slow  # the exported fixture (a training run)
 def test_model_card_describes_the_run(exported):
     card = (exported / "README.md").read_text()
     header, body = card.removeprefix("---\n").split("\n---\n", 1)
@@ -162,7 +166,7 @@ def test_kobart_shaped_checkpoint_exports_its_embedding_once_and_world_readable(
         "train.eval_every=0",
         "train.rouge_every=0",
     ]
-    train_and_evaluate(apply_overrides(load_config("configs/tiny.py"), overrides))
+    train_and_evaluate(tiny_run_config(overrides))
     output = tmp_path / "exported"
     checkpoints = tmp_path / "run" / "checkpoints"
     argv = ["--checkpoint", str(checkpoints), "--output", str(output)]
@@ -196,6 +200,7 @@ def previous_export(output: Path) -> Path:
     return output
 
 
+@pytest.mark.slow  # the trained_run fixture
 def test_existing_output_is_refused_unless_overwrite(trained_run, tmp_path, caplog):
     output = previous_export(tmp_path / "exported")
     argv = ["--checkpoint", str(trained_run / "checkpoints"), "--output", str(output)]
@@ -218,6 +223,7 @@ def test_overwrite_keeps_the_previous_export_when_the_checkpoint_is_bad(tmp_path
     assert (output / "old.bin").read_text() == "previous weights"
 
 
+@pytest.mark.slow  # the trained_run fixture
 def test_overwrite_keeps_the_previous_export_when_verification_fails(
     trained_run, tmp_path, caplog, monkeypatch
 ):
@@ -230,6 +236,7 @@ def test_overwrite_keeps_the_previous_export_when_verification_fails(
     assert sorted(p.name for p in output.iterdir()) == ["config.json", "old.bin"]
 
 
+@pytest.mark.slow  # the trained_run fixture
 def test_output_that_holds_the_working_directory_or_other_files_is_refused(
     trained_run, tmp_path, caplog, monkeypatch
 ):
@@ -284,6 +291,7 @@ def test_directory_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, caplog):
     assert "ckpt" in caplog.text
 
 
+@pytest.mark.slow  # the trained_run fixture
 def test_a_workdir_as_checkpoint_uses_its_checkpoints_directory(trained_run, tmp_path, caplog):
     output = tmp_path / "exported"
     with caplog.at_level(logging.INFO):

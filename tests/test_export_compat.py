@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 from compat_check import report
+from timeouts import scaled_timeout
 
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.summarize import Summarizer
 from kobart_flax.tokenization import load_tokenizer
 
 pytest_plugins = ["export_fixtures"]
+# A training run and an export (session fixtures), and the transformers 4.57 environment.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPAT_PYTHON = ROOT / ".venv-compat" / "bin" / "python"
@@ -79,7 +82,7 @@ def test_transformers_4_57_tokenizer_model_and_pipeline_match_predict(
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled_timeout(300),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(completed.stdout.splitlines()[-1])

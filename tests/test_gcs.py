@@ -19,7 +19,8 @@ import pytest
 from etils import epath
 from flax import serialization
 from gcs_emulator import BUCKET
-from tiny_models import SAMPLE, tiny_run_overrides, write_slice
+from timeouts import scaled_timeout
+from tiny_models import signal_at_line, tiny_run_overrides, write_tiny_data
 
 from kobart_flax import checkpoint, storage
 from kobart_flax.pretrained import FlaxBartForConditionalGeneration
@@ -54,7 +55,9 @@ def train_command(data: str, workdir: str) -> list[str]:
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=scaled_timeout(600)
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -70,31 +73,17 @@ def test_train_kill_resume_export_and_predict_on_gs(gcs_emulator, tmp_path):
     bucket_data, workdir = f"gs://{BUCKET}/data", f"gs://{BUCKET}/run"
 
     # The reference: the same data read locally, an uninterrupted run in a local workdir.
-    local_data = tmp_path / "data"
-    for name in ("train.tsv", "test.tsv"):
-        write_slice(SAMPLE / name, local_data / name, {"train.tsv": 96, "test.tsv": 6}[name])
+    local_data = write_tiny_data(tmp_path / "data", 96, 6)
     reference = tmp_path / "reference"
     run(train_command(str(local_data), str(reference)), env)
 
     # 1. Train on the bucket and die with SIGKILL mid-run: no chance to save or clean up.
     command = train_command(bucket_data, workdir)
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
-    try:
-        seen = []
-        for line in process.stderr:
-            seen.append(line)
-            if KILL_AT in line:
-                process.send_signal(signal.SIGKILL)
-                break
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == -signal.SIGKILL, "".join(seen)[-4000:]
+    process, log = signal_at_line(command, env, KILL_AT, signal.SIGKILL, scaled_timeout(60))
+    assert process.returncode == -signal.SIGKILL, log[-4000:]
     checkpoints = f"{workdir}/checkpoints"
     killed_at = checkpoint.latest_step(checkpoints)
-    assert killed_at in (5, 10), "".join(seen)[-4000:]
+    assert killed_at in (5, 10), log[-4000:]
     assert not epath.Path(f"{workdir}/final_model").exists()
 
     # 2. The same command resumes from the bucket and finishes exactly as the reference did.

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import BartConfig, BartForConditionalGeneration
+from tiny_models import tiny_bart_config
+from transformers import BartForConditionalGeneration
 
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.generation import GenerationSettings, banned_ngram_tokens
@@ -16,23 +17,8 @@ VOCAB = 40
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny random BART whose outputs depend on the input and often end early."""
-    config = BartConfig(
-        vocab_size=VOCAB,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=48,
-        decoder_ffn_dim=48,
-        max_position_embeddings=64,
-        init_std=0.3,  # large weights: peaked, input-dependent next-token distributions
-        bos_token_id=0,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        decoder_start_token_id=START,
-        forced_eos_token_id=EOS,
-    )
+    # Large weights: peaked, input-dependent next-token distributions.
+    config = tiny_bart_config(VOCAB, init_std=0.3)
     torch.manual_seed(0)
     torch_model = BartForConditionalGeneration(config).eval()
     with torch.no_grad():

@@ -15,36 +15,31 @@ from pathlib import Path
 
 import pytest
 from gcs_emulator import BUCKET
+from timeouts import scaled_timeout
 from tiny_models import (
-    SAMPLE,
     SAMPLE_TOKENIZER,
+    tiny_data_fixture,
     tiny_kobart_config,
+    tiny_run_config,
     tiny_run_overrides,
-    write_slice,
 )
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint
 from kobart_flax.config import ConfigError, TrainConfig
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.tokenization import load_tokenizer
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("data")
-    write_slice(SAMPLE / "train.tsv", directory / "train.tsv", 32)  # 2 batches of 16
-    write_slice(SAMPLE / "test.tsv", directory / "test.tsv", 4)
-    return directory
+data_dir = tiny_data_fixture(32, 4)  # 2 batches of 16
 
 
 def overrides(data_dir: Path, workdir: Path, *extra: str) -> list[str]:
     return tiny_run_overrides(
-        str(data_dir),
-        str(workdir),
+        data_dir,
+        workdir,
         "train.max_steps=2",
         "train.eval_every=0",
         "train.checkpoint_every=1",
@@ -139,6 +134,7 @@ def test_a_lock_from_another_host_says_how_to_remove_it(tmp_path):
     assert lock_file.exists()
 
 
+@pytest.mark.slow  # a GCS emulator process
 def test_the_lock_on_gs_is_created_once(gcs_emulator):  # noqa: F811
     workdir = f"gs://{BUCKET}/locked-run"
     with checkpoint.WorkdirLock(workdir) as held:
@@ -157,7 +153,7 @@ def test_the_lock_on_gs_is_created_once(gcs_emulator):  # noqa: F811
 def two_step_run(data_dir, tmp_path_factory) -> Path:
     """A finished 2-step run with a checkpoint at steps 1 and 2: its workdir."""
     workdir = tmp_path_factory.mktemp("two_steps")
-    config = apply_overrides(load_config("configs/tiny.py"), overrides(data_dir, workdir))
+    config = tiny_run_config(overrides(data_dir, workdir))
     train_and_evaluate(config)
     assert checkpoint.all_steps(checkpoint.checkpoint_dir(workdir)) == [1, 2]
     return workdir
@@ -173,6 +169,7 @@ def damaged_copy(two_step_run: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow  # two_step_run and a rerun
 def test_no_readable_checkpoint_stops_unless_told_to_start_over(
     data_dir, two_step_run, tmp_path, caplog
 ):
@@ -198,6 +195,7 @@ def test_no_readable_checkpoint_stops_unless_told_to_start_over(
     assert checkpoint.all_steps(directory) == [2, 3]
 
 
+@pytest.mark.slow  # two_step_run, a training run
 def test_all_steps_incomplete_stops_before_orbax_opens_them(two_step_run, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(two_step_run / "checkpoints", directory)
@@ -208,6 +206,7 @@ def test_all_steps_incomplete_stops_before_orbax_opens_them(two_step_run, tmp_pa
     assert checkpoint.all_steps(directory) == [1, 2]
 
 
+@pytest.mark.slow  # two_step_run, a training run
 def test_a_read_failure_is_not_damage(data_dir, two_step_run, tmp_path, caplog, monkeypatch):
     workdir = tmp_path / "run"
     shutil.copytree(two_step_run, workdir)
@@ -240,6 +239,7 @@ FULL_DISK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a train_flax.py subprocess
 def test_a_failed_background_save_stops_training_with_one_message(data_dir, tmp_path):
     workdir = tmp_path / "run"
     argv = overrides(data_dir, workdir, "train.max_steps=12", "train.checkpoint_every=3")
@@ -250,7 +250,7 @@ def test_a_failed_background_save_stops_training_with_one_message(data_dir, tmp_
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled_timeout(300),
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     output = result.stdout + result.stderr
@@ -319,7 +319,7 @@ def test_training_with_a_bare_tokenizer(data_dir, bare_tokenizer, tmp_path, capl
 
 
 def test_special_tokens_are_validated_with_the_config():
-    config = apply_overrides(load_config("configs/tiny.py"), ["model.special_tokens=bos:<s>"])
+    config = tiny_run_config(["model.special_tokens=bos:<s>"])
     with pytest.raises(ConfigError, match="model.special_tokens='bos:<s>'"):
         train_and_evaluate(config)
 

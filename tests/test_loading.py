@@ -13,6 +13,7 @@ from tiny_models import (
     save_tiny_model,
     tiny_run_overrides,
     write_slice,
+    write_tiny_data,
 )
 
 import export_pt
@@ -94,8 +95,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def train_tiny(override: str, tmp_path: Path) -> int:
     """train_flax.py on a slice of the sample data, with ``override``."""
-    write_slice(SAMPLE / "train.tsv", tmp_path / "data" / "train.tsv", rows=16)
-    write_slice(SAMPLE / "test.tsv", tmp_path / "data" / "test.tsv", rows=4)
+    write_tiny_data(tmp_path / "data", train_rows=16, eval_rows=4)
     config = str(REPO / "configs" / "tiny.py")
     workdir = tmp_path / "run"
     return train_flax.main(

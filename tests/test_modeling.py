@@ -6,38 +6,19 @@ import numpy as np
 import pytest
 import torch
 from flax import serialization, traverse_util
+from tiny_models import tiny_bart_config
 from transformers import BartConfig, BartForConditionalGeneration, BartModel
 
 from kobart_flax import FlaxBartForConditionalGeneration
 from kobart_flax.hf_io import WeightLoadError, flax_to_state_dict
-from kobart_flax.modeling import BartForConditionalGenerationModule, positions_from_segments
+from kobart_flax.modeling import positions_from_segments
 
 PAD = 3
 
 
 def tiny_config(**overrides) -> BartConfig:
-    fields = dict(
-        vocab_size=97,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=48,
-        decoder_ffn_dim=48,
-        max_position_embeddings=64,
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_function="gelu",
-        scale_embedding=False,
-        bos_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-        pad_token_id=PAD,
-    )
-    fields.update(overrides)
-    return BartConfig(**fields)
+    # Dropout in attention too, so the train-mode test sees every dropout site.
+    return tiny_bart_config(97, **{"attention_dropout": 0.1, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +67,16 @@ def torch_logits(model, input_ids, attention_mask, decoder_input_ids, decoder_at
     return out.logits.numpy()
 
 
+def assert_close_to_pytorch(logits, torch_model, batch, atol=1e-4):
+    expected = torch_logits(torch_model, *batch)
+    valid = batch[3].astype(bool)  # padded target positions carry no meaning
+    got = np.asarray(logits, np.float32)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=atol, rtol=0)
+
+
 def assert_logits_match(flax_model, torch_model, atol=1e-4):
     batch = padded_batch()
-    expected = torch_logits(torch_model, *batch)
-    got = np.asarray(flax_model(*batch).logits)
-    valid = batch[3].astype(bool)  # padded target positions carry no meaning
-    np.testing.assert_allclose(got[valid], expected[valid], atol=atol, rtol=0)
+    assert_close_to_pytorch(flax_model(*batch).logits, torch_model, batch, atol)
 
 
 def test_safetensors_checkpoint_gives_pytorch_logits(torch_model, saved_dir):
@@ -269,9 +254,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close(torch_model, save
     batch = padded_batch()
     logits = model(*batch).logits
     assert logits.dtype == jnp.bfloat16
-    expected = torch_logits(torch_model, *batch)
-    valid = batch[3].astype(bool)
-    np.testing.assert_allclose(np.asarray(logits, np.float32)[valid], expected[valid], atol=0.1)
+    assert_close_to_pytorch(logits, torch_model, batch, atol=0.1)
 
 
 def test_dropout_is_active_only_in_training(saved_dir):
@@ -287,9 +270,10 @@ def test_dropout_is_active_only_in_training(saved_dir):
         model(*batch, train=True)
 
 
-def test_module_is_usable_directly_under_jit(saved_dir):
+def test_jitted_module_apply_gives_pytorch_logits(torch_model, saved_dir):
+    """Training and evaluation call the bare module's apply under jit, not the eager wrapper
+    the tests above go through: that path must give PyTorch's logits too."""
     model = FlaxBartForConditionalGeneration.from_pretrained(saved_dir)
-    assert isinstance(model.module, BartForConditionalGenerationModule)
     batch = padded_batch()
-    forward = jax.jit(lambda p, *b: model.module.apply({"params": p}, *b))
-    np.testing.assert_allclose(forward(model.params, *batch), model(*batch).logits, atol=1e-6)
+    forward = jax.jit(lambda params, *arrays: model.module.apply({"params": params}, *arrays))
+    assert_close_to_pytorch(forward(model.params, *batch), torch_model, batch)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from timeouts import scaled_timeout
 
 from kobart_flax import checkpoint, distributed
 from scripts import simulate_pod
@@ -18,6 +19,9 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 STEPS = 3
 # Generous: a 240 s bound tripped on a busy 2-core machine, where a run takes 35-45 s alone.
 RUN_TIMEOUT = 900.0
+
+# Every test here runs train_flax.py in simulated multi-process pods.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,11 @@ def train(workdir: Path, processes: int, devices: int, args: list[str]) -> list[
     """Per-step losses, then the final eval loss, of one simulated run; fails the test with
     every failed log's tail."""
     results = simulate_pod.run_pod(
-        processes, devices, [*args, f"train.workdir={workdir}"], workdir / "logs", RUN_TIMEOUT
+        processes,
+        devices,
+        [*args, f"train.workdir={workdir}"],
+        workdir / "logs",
+        scaled_timeout(RUN_TIMEOUT),
     )
     failed = [result for result in results if not result.ok]
     assert not failed, "\n".join(
@@ -116,7 +124,7 @@ def test_a_config_for_16_devices_stops_at_once_on_8(tmp_path):
         4,
         ["--config", "configs/kobart_base.py", f"train.workdir={tmp_path / 'run'}"],
         tmp_path / "logs",
-        timeout=60.0,
+        timeout=scaled_timeout(60.0),
     )
     for result in results:
         assert result.returncode == 2 and not result.stopped, result.describe()
@@ -185,7 +193,7 @@ def test_a_dead_process_takes_the_others_down_with_one_line(train_args, tmp_path
         1,
         args,
         tmp_path / "logs",
-        RUN_TIMEOUT,
+        scaled_timeout(RUN_TIMEOUT),
         heartbeat_timeout=heartbeat_timeout,
         kill=simulate_pod.Kill(2, after="step 2/"),
     )
@@ -197,7 +205,7 @@ def test_a_dead_process_takes_the_others_down_with_one_line(train_args, tmp_path
             f"{result.describe()}\n{simulate_pod.log_tail(result.log_path)}"
         )
         # The bound, plus one beat and a margin for exiting on a loaded machine.
-        assert result.ended - dead.ended < heartbeat_timeout + 15, result.describe()
+        assert result.ended - dead.ended < heartbeat_timeout + scaled_timeout(15), result.describe()
         last_line = log.strip().splitlines()[-1]
         assert (
             f"[process {result.process_id}] " in last_line

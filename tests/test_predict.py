@@ -5,6 +5,7 @@ import io
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_models import save_tiny_model
 
@@ -42,13 +43,23 @@ def test_batched_summaries_come_back_in_input_order(model_dir):
 def test_long_sources_are_truncated_not_fatal(model_dir):
     model = FlaxBartForConditionalGeneration.from_pretrained(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
+    # One row per batch, as below: the summary and the direct generation run the same shapes.
     summarizer = Summarizer(
-        model.module, tokenizer, model.generation_settings(max_length=6), max_source_length=64
+        model.module,
+        tokenizer,
+        model.generation_settings(max_length=6),
+        batch_size=1,
+        max_source_length=64,
     )
     long_text = " ".join(articles(10))
     assert summarizer.is_truncated(long_text)
-    assert len(summarizer.encode([long_text])[0]) == 64
-    assert isinstance(summarizer.summarize(model.params, [long_text])[0], str)
+    (ids,) = summarizer.encode([long_text])
+    # The first 62 tokens of the text between <s> and </s>: cut at the end, </s> kept.
+    full = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.bos_token_id, *full[:62], tokenizer.eos_token_id]
+    generated = model.generate(np.array([ids]), max_length=6).sequences[0]
+    expected = tokenizer.decode(generated, skip_special_tokens=True).strip()
+    assert summarizer.summarize(model.params, [long_text]) == [expected]
     with pytest.raises(ValueError, match="text 1 is empty"):
         summarizer.summarize(model.params, ["기사", "  "])
 

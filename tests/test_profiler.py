@@ -3,17 +3,12 @@
 from pathlib import Path
 
 import pytest
-from tiny_models import SAMPLE, tiny_run_overrides, write_slice
+from tiny_models import tiny_run_config, tiny_run_overrides, write_tiny_data
 
 from kobart_flax import compile_cache
 from kobart_flax.config import ConfigError, validate
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.profiling import StepTrace
 from kobart_flax.train import train_and_evaluate
-
-
-def tiny_config(overrides):
-    return apply_overrides(load_config("configs/tiny.py"), overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +17,9 @@ def cache_off_afterwards():
     compile_cache.enable(compile_cache.OFF)
 
 
+@pytest.mark.slow  # a training run, over 20 s
 def test_a_tiny_run_writes_the_trace_of_its_profiled_steps(tmp_path):
-    write_slice(SAMPLE / "train.tsv", tmp_path / "data" / "train.tsv", 64)
-    write_slice(SAMPLE / "test.tsv", tmp_path / "data" / "test.tsv", 8)
+    write_tiny_data(tmp_path / "data", 64, 8)
     workdir = tmp_path / "run"
     overrides = tiny_run_overrides(
         str(tmp_path / "data"),
@@ -39,7 +34,7 @@ def test_a_tiny_run_writes_the_trace_of_its_profiled_steps(tmp_path):
         "train.profile_steps=2",
     )
 
-    train_and_evaluate(tiny_config(overrides))
+    train_and_evaluate(tiny_run_config(overrides))
 
     profile = workdir / "tensorboard" / "plugins" / "profile"
     traces = list(profile.glob("*/*.xplane.pb"))
@@ -58,7 +53,7 @@ def test_a_tiny_run_writes_the_trace_of_its_profiled_steps(tmp_path):
 )
 def test_bad_profile_window_is_a_config_error(override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(tiny_config([override]), device_count=1)
+        validate(tiny_run_config([override]), device_count=1)
 
 
 def test_trace_directory_is_next_to_the_tensorboard_events(tmp_path):

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from timeouts import scaled_timeout
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_310 = Path("/root/.pyenv/versions/3.10.13/bin/python3.10")
@@ -87,7 +88,7 @@ def setup_env(project: Path, path: Path, **env: str) -> subprocess.CompletedProc
         env=environment,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled_timeout(120),
         check=False,
     )
 

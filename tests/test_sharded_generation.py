@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from timeouts import scaled_timeout
 from tiny_models import SAMPLE, SAMPLE_TOKENIZER, tiny_kobart_config
 
 from kobart_flax import FlaxBartForConditionalGeneration, sharding
@@ -117,7 +118,7 @@ def run_workers(tmp_path: Path, processes: int, devices: int) -> list[dict]:
             )
         )
     for process_id, process in enumerate(running):
-        output, _ = process.communicate(timeout=WORKER_TIMEOUT)
+        output, _ = process.communicate(timeout=scaled_timeout(WORKER_TIMEOUT))
         assert process.returncode == 0, f"process {process_id}:\n{output.decode()[-3000:]}"
     return [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(processes)]
 
@@ -129,6 +130,7 @@ def assert_meshes_match_one_device(result: dict, meshes: set[str]) -> None:
     assert len({tuple(row) for row in result["reference"]}) > 1
 
 
+@pytest.mark.slow  # a worker subprocess with 8 devices
 def test_eight_devices_give_the_one_device_tokens(tmp_path):
     [result] = run_workers(tmp_path, processes=1, devices=8)
     assert_meshes_match_one_device(result, {"8x1x1", "2x2x2"})

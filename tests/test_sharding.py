@@ -10,16 +10,8 @@ from jax.sharding import PartitionSpec
 from tiny_models import tiny_kobart_config
 
 from kobart_flax import FlaxBartForConditionalGeneration, optim, sharding, train
-from kobart_flax.config import (
-    Config,
-    ConfigError,
-    MeshConfig,
-    ModelConfig,
-    TrainConfig,
-    mesh_axis_sizes,
-    validate,
-)
-from kobart_flax.overrides import load_config
+from kobart_flax.config import Config, ConfigError, mesh_axis_sizes, validate
+from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.sharding import FSDP_AXIS, TENSOR_AXIS, ShardingError, partition_spec
 from scripts.sharding_memory import abstract_train_state
 
@@ -199,49 +191,55 @@ def test_state_created_sharded_and_batches_split_over_data_and_fsdp():
 # --- the mesh section of the config ------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("mesh", "devices", "sizes"),
-    [
-        (MeshConfig(), 16, {"data": 16, "fsdp": 1, "tensor": 1}),
-        (MeshConfig(data=1, fsdp=-1), 16, {"data": 1, "fsdp": 16, "tensor": 1}),
-        (MeshConfig(fsdp=2, tensor=4), 16, {"data": 2, "fsdp": 2, "tensor": 4}),
-        (MeshConfig(data=2, fsdp=2, tensor=2), 8, {"data": 2, "fsdp": 2, "tensor": 2}),
-    ],
-)
-def test_mesh_sizes_fill_the_devices(mesh, devices, sizes):
-    assert mesh_axis_sizes(mesh, devices) == sizes
+def config_with(overrides: str) -> Config:
+    """The default Config with space-separated ``section.field=value`` overrides, as typed
+    after train_flax.py."""
+    return apply_overrides(Config(), overrides.split())
 
 
 @pytest.mark.parametrize(
-    ("mesh", "message"),
+    ("overrides", "devices", "sizes"),
     [
-        (MeshConfig(data=-1, fsdp=-1), "at most one size may be -1"),
-        (MeshConfig(tensor=0), "each size must be positive, or -1"),
-        (MeshConfig(tensor=3), "mesh.data=-1 x mesh.fsdp=1 x mesh.tensor=3 does not fit 16"),
-        (MeshConfig(data=4, fsdp=2), "mesh.data=4 x mesh.fsdp=2 x mesh.tensor=1 does not fit 16"),
+        ("", 16, {"data": 16, "fsdp": 1, "tensor": 1}),
+        ("mesh.data=1 mesh.fsdp=-1", 16, {"data": 1, "fsdp": 16, "tensor": 1}),
+        ("mesh.fsdp=2 mesh.tensor=4", 16, {"data": 2, "fsdp": 2, "tensor": 4}),
+        ("mesh.data=2 mesh.fsdp=2 mesh.tensor=2", 8, {"data": 2, "fsdp": 2, "tensor": 2}),
     ],
 )
-def test_impossible_meshes_name_their_sizes(mesh, message):
+def test_mesh_sizes_fill_the_devices(overrides, devices, sizes):
+    assert mesh_axis_sizes(config_with(overrides).mesh, devices) == sizes
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("mesh.data=-1 mesh.fsdp=-1", "at most one size may be -1"),
+        ("mesh.tensor=0", "each size must be positive, or -1"),
+        ("mesh.tensor=3", "mesh.data=-1 x mesh.fsdp=1 x mesh.tensor=3 does not fit 16"),
+        ("mesh.data=4 mesh.fsdp=2", "mesh.data=4 x mesh.fsdp=2 x mesh.tensor=1 does not fit 16"),
+    ],
+)
+def test_impossible_meshes_name_their_sizes(overrides, message):
+    config = config_with(overrides)
     with pytest.raises(ConfigError, match=message):
-        mesh_axis_sizes(mesh, 16)
+        mesh_axis_sizes(config.mesh, 16)
     with pytest.raises(ConfigError, match=message.split(" does not")[0]):
-        validate(Config(mesh=mesh), device_count=16)
+        validate(config, device_count=16)
 
 
 def test_tensor_parallelism_must_divide_heads_ffn_and_vocabulary():
-    config = Config(model=ModelConfig(attention_heads=6, d_model=96), mesh=MeshConfig(tensor=4))
+    config = config_with("model.attention_heads=6 model.d_model=96 mesh.tensor=4")
     with pytest.raises(ConfigError, match="mesh.tensor=4: does not divide model.attention_heads=6"):
         validate(config)
 
 
 def test_batch_must_divide_the_batch_shards_not_the_devices():
     # tensor=4 on 16 devices: 4 batch shards, each fed to a tensor group of 4 devices.
-    config = Config(train=TrainConfig(batch_size=8), mesh=MeshConfig(tensor=4))
-    validate(config, device_count=16)
+    validate(config_with("train.batch_size=8 mesh.tensor=4"), device_count=16)
     with pytest.raises(ConfigError, match="8 examples per micro-batch, not divisible by 16 dev"):
-        validate(Config(train=TrainConfig(batch_size=8)), device_count=16)
+        validate(config_with("train.batch_size=8"), device_count=16)
     with pytest.raises(ConfigError, match=r"not divisible by 8 batch shards \(mesh.data x mesh"):
-        validate(Config(train=TrainConfig(batch_size=4), mesh=MeshConfig(tensor=2)), 16)
+        validate(config_with("train.batch_size=4 mesh.tensor=2"), 16)
 
 
 def test_kobart_base_wants_a_v4_32():

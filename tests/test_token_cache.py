@@ -5,6 +5,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
+from timeouts import scaled_timeout
 from tiny_models import SAMPLE, SAMPLE_TOKENIZER
 
 from kobart_flax import token_cache
@@ -81,6 +82,7 @@ def _encode_into(cache_dir: str, barrier) -> None:
     token_cache.cached_encode(examples, tokenizer, 128, 32, cache_dir, encode_examples)
 
 
+@pytest.mark.slow  # three spawned processes
 def test_processes_starting_together_leave_one_whole_file(tmp_path, tokenizer):
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(3)
@@ -90,7 +92,7 @@ def test_processes_starting_together_leave_one_whole_file(tmp_path, tokenizer):
     for process in processes:
         process.start()
     for process in processes:
-        process.join(timeout=300)
+        process.join(timeout=scaled_timeout(300))
         assert process.exitcode == 0
 
     (cached,) = tmp_path.glob("encoded-*.npz")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from timeouts import scaled_timeout
 
 from scripts import tpu_pod
 
@@ -155,7 +156,7 @@ def test_detached_starts_append_to_the_log_under_a_timestamped_header(tmp_path):
 
     for start in (1, 2):
         subprocess.run(["/bin/bash", "-c", remote], env=env, check=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled_timeout(10)
         while (not log.exists() or log.read_text().count("\nrun ") < start) and (
             time.monotonic() < deadline
         ):

@@ -7,12 +7,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tiny_models import write_slice
+from tiny_models import tiny_run_config, tiny_run_overrides, write_slice, write_tiny_data
 
 import train_flax
 from kobart_flax import FlaxBartForConditionalGeneration, checkpoint, distributed
 from kobart_flax.config import ConfigError
-from kobart_flax.overrides import apply_overrides, load_config
 from kobart_flax.train import FINAL_MODEL_DIR, train_and_evaluate
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -20,36 +19,21 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 @pytest.fixture
 def small_run(tmp_path) -> list[str]:
-    write_slice(SAMPLE / "train.tsv", tmp_path / "train.tsv", 96)
-    write_slice(SAMPLE / "test.tsv", tmp_path / "test.tsv", 20)
-    return [
-        f"data.train_path={tmp_path / 'train.tsv'}",
-        f"data.eval_path={tmp_path / 'test.tsv'}",
-        f"model.tokenizer={SAMPLE / 'tokenizer'}",
-        f"train.workdir={tmp_path / 'run'}",
-        "model.d_model=32",
-        "model.ffn_dim=64",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "data.max_source_length=128",
-        "data.source_buckets=64,128",
-        "data.max_target_length=32",
-        "data.target_buckets=32",
-        "train.batch_size=16",
+    return tiny_run_overrides(
+        str(write_tiny_data(tmp_path, 96, 20)),
+        str(tmp_path / "run"),
         "train.max_steps=12",
         "train.eval_every=6",
         "train.log_every=3",
         "train.learning_rate=3e-3",
         "train.rouge_every=0",  # ROUGE has its own test below
-    ]
+    )
 
 
-def tiny_config(overrides):
-    return apply_overrides(load_config("configs/tiny.py"), overrides)
-
-
+@pytest.mark.slow  # a training run, over 20 s
 def test_tiny_training_run_learns_logs_and_saves(small_run):
-    result = train_and_evaluate(tiny_config(small_run))
+    config = tiny_run_config(small_run)
+    result = train_and_evaluate(config)
 
     assert len(result.train_losses) == 12
     assert all(np.isfinite(result.train_losses))
@@ -58,7 +42,7 @@ def test_tiny_training_run_learns_logs_and_saves(small_run):
     assert result.eval_losses[1][1] < result.eval_losses[0][1]
     assert int(result.state.step) == 12
 
-    workdir = Path(small_run[3].split("=", 1)[1])
+    workdir = Path(config.train.workdir)
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
     # The saved model reloads through the public API and computes the same logits.
@@ -70,11 +54,12 @@ def test_tiny_training_run_learns_logs_and_saves(small_run):
     assert (workdir / FINAL_MODEL_DIR / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow  # two training runs
 def test_same_seed_gives_identical_losses(small_run, tmp_path):
     overrides = [*small_run, "train.max_steps=2", "train.eval_every=0"]
     # Separate workdirs: a rerun in the same one would resume, not recompute.
-    first = train_and_evaluate(tiny_config([*overrides, f"train.workdir={tmp_path / 'a'}"]))
-    second = train_and_evaluate(tiny_config([*overrides, f"train.workdir={tmp_path / 'b'}"]))
+    first = train_and_evaluate(tiny_run_config([*overrides, f"train.workdir={tmp_path / 'a'}"]))
+    second = train_and_evaluate(tiny_run_config([*overrides, f"train.workdir={tmp_path / 'b'}"]))
     assert second.start_step == 0
     assert first.train_losses == second.train_losses
 
@@ -82,7 +67,7 @@ def test_same_seed_gives_identical_losses(small_run, tmp_path):
 def test_batch_not_divisible_by_devices_fails_before_compiling(small_run):
     assert jax.device_count() == 2
     with pytest.raises(ConfigError, match="train.batch_size"):
-        train_and_evaluate(tiny_config([*small_run, "train.batch_size=15"]))
+        train_and_evaluate(tiny_run_config([*small_run, "train.batch_size=15"]))
 
 
 def test_bad_training_file_is_reported_with_its_line(small_run, tmp_path, caplog):
@@ -135,6 +120,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(
     assert not (workdir / FINAL_MODEL_DIR).exists()
 
 
+@pytest.mark.slow  # training runs with generation
 def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
     overrides = [
         *small_run,
@@ -148,7 +134,7 @@ def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
         "train.best_mode=max",
         "train.eval_every=2",
     ]
-    result = train_and_evaluate(tiny_config(overrides))
+    result = train_and_evaluate(tiny_run_config(overrides))
     history = {step: metrics for step, metrics in result.evaluations}
     assert set(history[6]) == {"eval_loss", "rouge1", "rouge2", "rougeL"}
     assert set(history[2]) == {"eval_loss"}  # ROUGE only at multiples of rouge_every
@@ -163,17 +149,18 @@ def test_rouge_evaluation_and_early_stopping(small_run, tmp_path):
         "train.eval_every=2",
         "train.early_stopping_patience=1",
     ]
-    result = train_and_evaluate(tiny_config(stalled))
+    result = train_and_evaluate(tiny_run_config(stalled))
     assert len(result.train_losses) == 4
 
 
 def test_best_metric_must_be_reported(small_run):
     with pytest.raises(ConfigError, match="rougeL"):
         train_and_evaluate(
-            tiny_config([*small_run, "train.rouge_every=0", "train.best_metric=rougeL"])
+            tiny_run_config([*small_run, "train.rouge_every=0", "train.best_metric=rougeL"])
         )
 
 
+@pytest.mark.slow  # three training runs
 def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeypatch, caplog):
     packed = [
         *small_run,
@@ -185,7 +172,7 @@ def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeyp
     ]
     with caplog.at_level(logging.INFO):
         uninterrupted = train_and_evaluate(
-            tiny_config([*packed, f"train.workdir={tmp_path / 'whole'}"])
+            tiny_run_config([*packed, f"train.workdir={tmp_path / 'whole'}"])
         )
     rows = int(re.search(r"96 examples packed into (\d+) rows", caplog.text).group(1))
     assert rows < 96 / 2  # at least two examples per row on average
@@ -195,7 +182,7 @@ def test_packed_training_learns_and_resumes_exactly(small_run, tmp_path, monkeyp
     assert np.mean(uninterrupted.train_losses[-3:]) < np.mean(uninterrupted.train_losses[:3]) - 0.3
 
     # Stopped by a preemption notice mid-epoch, then rerun: the same losses and params.
-    resumed_config = tiny_config([*packed, f"train.workdir={tmp_path / 'resumed'}"])
+    resumed_config = tiny_run_config([*packed, f"train.workdir={tmp_path / 'resumed'}"])
     with monkeypatch.context() as patch:
         patch.setattr(distributed.PreemptionWatcher, "reached", lambda self, step: step == 7)
         assert train_and_evaluate(resumed_config).preempted
