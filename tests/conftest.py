@@ -1,6 +1,7 @@
 """Test-session setup shared by all test files."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -9,6 +10,9 @@ import pytest
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 ).strip()
+# predict.py and the demo keep compiled programs in ~/.cache unless told otherwise: tests keep
+# theirs in a directory of their own, so they neither fill nor read the user's cache.
+os.environ["KOBART_FLAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="kobart-flax-test-jax-cache-")
 
 
 @pytest.fixture(scope="module")
