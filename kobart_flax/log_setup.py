@@ -23,6 +23,12 @@ _BACKGROUND_SAVE_FAILURES = (
     "Checkpointer failed: one or more items may not be finalized",
 )
 
+# asyncio reports each of Orbax's per-array write futures that a failed background save leaves
+# unretrieved ("... exception was never retrieved", dozens for one full disk), at exit or
+# whenever they are collected; they all name the step's temporary directory.
+_UNRETRIEVED = "exception was never retrieved"
+_ORBAX_TEMPORARY_DIR = ".orbax-checkpoint-tmp"
+
 # Loggers set to WARNING unless the user chose a level: Orbax logs some 60 INFO lines per
 # save and restore through absl, gcsfs and fsspec a line for every file they open.
 _CHATTY_LOGGERS = ("absl", "gcsfs", "fsspec")
@@ -34,6 +40,12 @@ class _QuietOrbax(logging.Filter):
         if record.levelno >= logging.ERROR:
             return not any(failure in message for failure in _BACKGROUND_SAVE_FAILURES)
         return not any(expected in message for expected in _EXPECTED_ORBAX_WARNINGS)
+
+
+class _QuietOrbaxFutures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (_UNRETRIEVED in message and _ORBAX_TEMPORARY_DIR in message)
 
 
 def setup_logging(datefmt: str | None = None) -> None:
@@ -49,3 +61,6 @@ def setup_logging(datefmt: str | None = None) -> None:
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(known, _QuietOrbax) for known in absl_logger.filters):
         absl_logger.addFilter(_QuietOrbax())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(known, _QuietOrbaxFutures) for known in asyncio_logger.filters):
+        asyncio_logger.addFilter(_QuietOrbaxFutures())

@@ -35,12 +35,17 @@ def test_setup_logging_drops_routine_library_lines_but_keeps_the_rest():
         "absl.warning('step 3 did not provide metrics')\n"
         "absl.error('Save Finalize thread failed')\n"
         "absl.warning('a warning of its own')\n"
+        "futures = logging.getLogger('asyncio')\n"
+        "futures.error('_GatheringFuture exception was never retrieved\\nfuture: <ValueError('\n"
+        "              '\"run/checkpoints/3.orbax-checkpoint-tmp/d/1\": File too large>')\n"
+        "futures.error('Task exception was never retrieved: an error of its own')\n"
         "logging.getLogger('fsspec').debug('opened a file')\n"
         "logging.getLogger('kobart_flax.train').info('step 1')\n"
     )
     lines = result.stderr.splitlines()
     assert [line.split(" ", 3)[-1] for line in lines] == [
         "a warning of its own",
+        "Task exception was never retrieved: an error of its own",
         "opened a file",
         "step 1",
     ]
