@@ -34,18 +34,20 @@ _ORBAX_TEMPORARY_DIR = ".orbax-checkpoint-tmp"
 _CHATTY_LOGGERS = ("absl", "gcsfs", "fsspec")
 
 
+# Where Orbax's lines arrive: its own through absl, its write futures' through asyncio.
+_ORBAX_LOGGERS = ("absl", "asyncio")
+
+
 class _QuietOrbax(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.levelno >= logging.ERROR:
-            return not any(failure in message for failure in _BACKGROUND_SAVE_FAILURES)
+            unretrieved_write = _UNRETRIEVED in message and _ORBAX_TEMPORARY_DIR in message
+            return not (
+                unretrieved_write
+                or any(failure in message for failure in _BACKGROUND_SAVE_FAILURES)
+            )
         return not any(expected in message for expected in _EXPECTED_ORBAX_WARNINGS)
-
-
-class _QuietOrbaxFutures(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (_UNRETRIEVED in message and _ORBAX_TEMPORARY_DIR in message)
 
 
 def setup_logging(datefmt: str | None = None) -> None:
@@ -58,9 +60,7 @@ def setup_logging(datefmt: str | None = None) -> None:
     for name in _CHATTY_LOGGERS:
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.WARNING)
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(known, _QuietOrbax) for known in absl_logger.filters):
-        absl_logger.addFilter(_QuietOrbax())
-    asyncio_logger = logging.getLogger("asyncio")
-    if not any(isinstance(known, _QuietOrbaxFutures) for known in asyncio_logger.filters):
-        asyncio_logger.addFilter(_QuietOrbaxFutures())
+    for name in _ORBAX_LOGGERS:
+        orbax_logger = logging.getLogger(name)
+        if not any(isinstance(known, _QuietOrbax) for known in orbax_logger.filters):
+            orbax_logger.addFilter(_QuietOrbax())

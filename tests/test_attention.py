@@ -1,13 +1,15 @@
 """Every attention kernel against the reference xla path, on CPU: cuDNN's call through
 ``jax.nn.dot_product_attention``'s XLA version, splash through Pallas interpret mode."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_models import tiny_kobart_config
 
-from kobart_flax import FlaxBartForConditionalGeneration, sharding
+from kobart_flax import FlaxBartForConditionalGeneration, attention, sharding
 from kobart_flax.attention import (
     AttentionMask,
     cudnn_attention,
@@ -160,10 +162,10 @@ def test_splash_on_a_two_device_mesh_equals_one_device():
     rows = sharding.batch_sharding(mesh)
     placed = [jax.device_put(array, rows) for array in (query, key, value)]
     with jax.set_mesh(mesh):
-        lowered = jax.jit(splash_attention).lower(*placed, mask)
+        compiled = jax.jit(splash_attention).lower(*placed, mask).compile()
     # shard_map: each device runs the kernel on its own rows, no gathering of the batch.
-    assert "all-gather" not in lowered.compile().as_text()
-    sharded = lowered.compile()(*placed, mask)
+    assert "all-gather" not in compiled.as_text()
+    sharded = compiled(*placed, mask)
     np.testing.assert_array_equal(
         np.asarray(sharded), np.asarray(jax.jit(splash_attention)(query, key, value, mask))
     )
@@ -233,18 +235,34 @@ def batch_of(seed: int) -> dict[str, jax.Array]:
     }
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch) -> collections.Counter:
+    """How often the model reached each fused kernel (cuDNN's call computed by JAX: there is
+    no GPU here), so a silent fallback to xla cannot pass for the kernel."""
+    calls = collections.Counter()
+    splash = attention.splash_attention
+
+    def counted_splash(*args):
+        calls["splash"] += 1
+        return splash(*args)
+
+    def counted_cudnn(query, key, value, mask, kernel):
+        calls["cudnn"] += 1
+        return cudnn_attention(query, key, value, mask, "xla")
+
+    monkeypatch.setattr(attention, "splash_attention", counted_splash)
+    monkeypatch.setattr(attention, "cudnn_attention", counted_cudnn)
+    return calls
+
+
 @pytest.mark.parametrize("implementation", ["splash", "cudnn"])
-def test_the_model_gives_the_same_logits_with_each_kernel(tiny_model, implementation, monkeypatch):
-    if implementation == "cudnn":
-        # cuDNN's call with JAX computing it: there is no GPU here.
-        monkeypatch.setattr(
-            "kobart_flax.attention.cudnn_attention",
-            lambda q, k, v, mask, kernel: cudnn_attention(q, k, v, mask, "xla"),
-        )
+def test_the_model_gives_the_same_logits_with_each_kernel(tiny_model, implementation, kernel_calls):
     batch = batch_of(0)
     expected = tiny_model.module.apply({"params": tiny_model.params}, **batch)
     module = tiny_model.module.clone(attention=implementation)
     got = jax.jit(module.apply)({"params": tiny_model.params}, **batch)
+    # Every attention of the 1+1 layers: encoder self, decoder self, cross.
+    assert kernel_calls[implementation] == 3
     real = np.asarray(batch["decoder_attention_mask"], bool)
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real], atol=1e-4)
 
